@@ -1,0 +1,46 @@
+"""Generation speed, size on disk and memory for coding-agent sessions.
+
+Targets on a 2-core machine: >= 20,000 requests/s, <= 2 KiB on disk per request, peak RSS
+<= 1 GiB whatever the session count.  Usage: python benchmarks/generate.py [--sessions 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import peak_rss_mib, report  # noqa: E402
+
+from traces.synth import generate, load_config  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    cfg = load_config("coding_agent", [f"sessions={args.sessions}", f"seed={args.seed}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "coding.parquet"
+        start = time.perf_counter()
+        rows = generate(cfg, out)
+        seconds = time.perf_counter() - start
+        size = os.path.getsize(out)
+    report(f"generate coding_agent, {args.sessions} sessions", {
+        "sessions": args.sessions,
+        "requests": rows,
+        "seconds": round(seconds, 2),
+        "requests_per_s": round(rows / seconds, 1),
+        "bytes_per_request": round(size / rows, 1),
+        "file_mib": round(size / 2**20, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    })
+
+
+if __name__ == "__main__":
+    main()

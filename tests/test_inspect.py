@@ -1,0 +1,59 @@
+"""Ideal reuse worked out by hand, and block expansion from the delta form."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tracekit import row, write
+
+from traces.cli import main
+from traces.expand import expand
+from traces.hashing import output_block_hashes
+from traces.stats import inspect
+
+
+@pytest.fixture
+def three_calls(tmp_path):
+    """Blocks of 4 tokens.
+
+    a-0: 10 tokens, blocks [1, 2], output 2 -> its sequence has (10+2)//4 = 3 blocks. Nothing seen
+         before: reused 0.
+    a-1: 16 tokens, keeps a-0's 3 blocks, one new [3]. Reusable (16-1)//4 = 3 blocks: reused 12.
+    b-0: 13 tokens, blocks [1, 7, 2]: 1 was seen, 7 not, so 2 does not count (prefix semantics):
+         reused 4.
+    Ideal reuse = (0 + 12 + 4) / (10 + 16 + 13) = 16 / 39.
+    """
+    return write(tmp_path / "t.parquet", [
+        row("a", 0, 10, [1, 2], output_tokens=2, arrival_s=0.0),
+        row("a", 1, 16, [3], parent="a-0", kept=3, arrival_s=4.0, think_s=2.0),
+        row("b", 0, 13, [1, 7, 2], arrival_s=1.0, workload="other"),
+    ])
+
+
+def test_ideal_reuse_by_hand(three_calls):
+    figures = inspect(three_calls)
+    assert figures["ideal_reuse"] == pytest.approx(16 / 39)
+    assert figures["ideal_reuse_by_workload"] == {"test": pytest.approx(12 / 26),
+                                                  "other": pytest.approx(4 / 13)}
+    assert figures["requests"] == 3 and figures["sessions"] == 2
+    assert figures["context_growth_tokens"]["p50"] == 6
+    result = CliRunner().invoke(main, ["inspect", str(three_calls)])
+    assert result.exit_code == 0 and "0.4103" in result.output
+
+
+def test_arrival_order_decides_what_was_seen(tmp_path):
+    # b-0 now arrives first, so it sees nothing; a-0 then finds blocks 1 and 2 from b-0: both
+    # lead its prompt, and (10-1)//4 = 2 are reusable, so 8 of 23 tokens.
+    path = write(tmp_path / "t.parquet", [
+        row("a", 0, 10, [1, 2], arrival_s=5.0),
+        row("b", 0, 13, [1, 7, 2], arrival_s=1.0),
+    ])
+    assert inspect(path)["ideal_reuse"] == pytest.approx(8 / 23)
+
+
+def test_expand_rebuilds_full_lists_with_output_blocks(three_calls):
+    full = dict(expand(three_calls))
+    out_block = output_block_hashes(2, "a-0", 10, 2, 4)
+    assert full["a-0"].tolist() == [1, 2]
+    assert full["a-1"].tolist() == [1, 2, int(out_block[0]), 3]
+    assert full["b-0"].tolist() == [1, 7, 2]
+    assert all(v.dtype == np.uint64 for v in full.values())

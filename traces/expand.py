@@ -1,0 +1,89 @@
+"""Full block lists from the delta form: a prompt is its parent's sequence cut to kept_blocks,
+then new_block_hashes. The parent's sequence is its prompt followed by the blocks its output
+completed (hashed by the request-id rule), so a child may keep those too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from traces.hashing import output_block_hashes
+from traces.io import read_meta, scan
+
+
+@dataclass
+class _Sequence:
+    blocks: np.ndarray  # prompt blocks, extended by the output's blocks once a child needs them
+    input_tokens: int
+    output_tokens: int
+    children_left: int
+    with_output: bool = False
+
+
+class BlockExpander:
+    """Expands requests one at a time, parents before children, remembering what children need.
+
+    ``children`` (parent request_id -> number of children) lets it forget a sequence once its
+    last child is expanded, so memory follows the calls in flight, not the whole trace.
+    """
+
+    def __init__(self, block_size: int, children: Mapping[str, int] | None = None) -> None:
+        self.bs = block_size
+        self.children = children
+        self._seqs: dict[str, _Sequence] = {}
+
+    def sequence(self, request_id: str) -> np.ndarray:
+        """Prompt plus output-completed blocks of an expanded request."""
+        seq = self._seqs[request_id]
+        if not seq.with_output:
+            last = int(seq.blocks[-1]) if len(seq.blocks) else None
+            extra = output_block_hashes(last, request_id, seq.input_tokens, seq.output_tokens, self.bs)
+            seq.blocks = np.concatenate([seq.blocks, extra])
+            seq.with_output = True
+        return seq.blocks
+
+    def prompt(self, request_id: str, parent_id: str | None, kept_blocks: int,
+               new_block_hashes: np.ndarray, input_tokens: int, output_tokens: int) -> np.ndarray:
+        """The full block list of one request's prompt."""
+        new = np.asarray(new_block_hashes, dtype=np.uint64)
+        if parent_id is None or kept_blocks == 0:
+            blocks = new
+        else:
+            if parent_id not in self._seqs:
+                raise KeyError(f"request {request_id}: parent {parent_id} not expanded before it")
+            parent = self._seqs[parent_id]
+            base = parent.blocks if kept_blocks <= len(parent.blocks) else self.sequence(parent_id)
+            blocks = np.concatenate([base[:kept_blocks], new])
+        if parent_id is not None and parent_id in self._seqs:
+            parent = self._seqs[parent_id]
+            parent.children_left -= 1
+            if self.children is not None and parent.children_left <= 0:
+                del self._seqs[parent_id]
+        n_children = -1 if self.children is None else self.children.get(request_id, 0)
+        if n_children != 0:
+            self._seqs[request_id] = _Sequence(blocks, input_tokens, output_tokens, n_children)
+        return blocks
+
+
+def children_counts(frame: pl.DataFrame) -> dict[str, int]:
+    counts = frame.filter(pl.col("parent_id").is_not_null()).group_by("parent_id").len()
+    return dict(counts.iter_rows())
+
+
+def expand(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (request_id, full prompt block list) for every request, session by session."""
+    meta = read_meta(path)
+    frame = scan(path).select(
+        "session_id", "turn", "request_id", "parent_id", "kept_blocks", "new_block_hashes",
+        "input_tokens", "output_tokens",
+    ).sort("session_id", "turn").collect()
+    expander = BlockExpander(meta.block_size, children_counts(frame))
+    for rid, parent, kept, new, inp, out in frame.select(
+        "request_id", "parent_id", "kept_blocks", "new_block_hashes", "input_tokens", "output_tokens"
+    ).iter_rows():
+        yield rid, expander.prompt(rid, parent, kept, np.array(new, dtype=np.uint64), inp, out)

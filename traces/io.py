@@ -1,0 +1,173 @@
+"""Parquet IO for traces: a streaming writer with bounded memory and lazy polars readers.
+
+The writer builds Arrow columns from plain Python lists (and numpy arrays for the hashes) one
+row group at a time, writes to ``FILE.partial`` and renames on success, so a crash or Ctrl-C
+never leaves a half-written trace under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from traces.schema import SCHEMA, SEGMENT_TYPE, TraceError, TraceMeta
+
+DEFAULT_ROW_GROUP = 65_536
+
+
+class RowBuffer:
+    """Columns of pending rows; ``new_block_hashes`` as numpy arrays, segments as (kind, tokens)."""
+
+    SCALARS = tuple(n for n in SCHEMA.names if n not in ("new_block_hashes", "segments"))
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.cols: dict[str, list[Any]] = {name: [] for name in self.SCALARS}
+        self.hashes: list[np.ndarray] = []
+        self.segments: list[list[tuple[str, int]]] = []
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def add(self, new_block_hashes: np.ndarray, segments: list[tuple[str, int]], **row: Any) -> None:
+        cols = self.cols
+        for name in self.SCALARS:
+            cols[name].append(row.get(name))
+        self.hashes.append(new_block_hashes)
+        self.segments.append(segments)
+
+    def to_table(self) -> pa.Table:
+        arrays = []
+        for field in SCHEMA:
+            if field.name == "new_block_hashes":
+                arrays.append(_list_array(self.hashes, pa.uint64()))
+            elif field.name == "segments":
+                arrays.append(_segments_array(self.segments))
+            else:
+                arrays.append(pa.array(self.cols[field.name], type=field.type))
+        return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _list_array(parts: list[np.ndarray], value_type: pa.DataType) -> pa.Array:
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.int32, count=len(parts))
+    offsets = np.zeros(len(parts) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(parts) if parts else np.empty(0, np.uint64)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type))
+
+
+def _segments_array(rows: list[list[tuple[str, int]]]) -> pa.Array:
+    flat = [seg for row in rows for seg in row]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    structs = pa.StructArray.from_arrays(
+        [pa.array([k for k, _ in flat], pa.string()), pa.array([t for _, t in flat], pa.int32())],
+        fields=list(SEGMENT_TYPE),
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets), structs)
+
+
+class TraceWriter:
+    """Streams rows into a trace file one row group at a time.
+
+    Use as a context manager: the file appears under its name only when the block exits without
+    an exception.
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: TraceMeta, row_group_rows: int = DEFAULT_ROW_GROUP):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.meta = meta
+        self.row_group_rows = row_group_rows
+        self.buffer = RowBuffer()
+        self.rows_written = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> TraceWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        schema = SCHEMA.with_metadata(self.meta.to_arrow())
+        self._writer = pq.ParquetWriter(self.partial, schema, compression="zstd")
+        return self
+
+    def add(self, new_block_hashes: np.ndarray, segments: list[tuple[str, int]], **row: Any) -> None:
+        self.buffer.add(new_block_hashes, segments, **row)
+        if len(self.buffer) >= self.row_group_rows:
+            self.flush()
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append an already-built table (importers, tests)."""
+        self.flush()
+        assert self._writer is not None
+        self._writer.write_table(table.cast(SCHEMA.with_metadata(self.meta.to_arrow())))
+        self.rows_written += table.num_rows
+
+    def flush(self) -> None:
+        if len(self.buffer) == 0:
+            return
+        assert self._writer is not None
+        self._writer.write_table(self.buffer.to_table())
+        self.rows_written += len(self.buffer)
+        self.buffer.clear()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._writer is not None
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            self._writer.close()
+        if exc_type is None:
+            os.replace(self.partial, self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
+
+
+def write_table(path: str | os.PathLike, table: pa.Table, meta: TraceMeta) -> None:
+    """Write a whole in-memory table as a trace (small traces, tests)."""
+    with TraceWriter(path, meta) as writer:
+        writer.write_table(table)
+
+
+def _open(path: str | os.PathLike) -> pq.ParquetFile:
+    path = str(path)
+    if not os.path.exists(path):
+        raise TraceError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise TraceError(f"{path}: is a folder, not a trace file")
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TraceError(f"{path}: not a readable Parquet file ({first})") from None
+
+
+def read_meta(path: str | os.PathLike) -> TraceMeta:
+    """The trace's metadata, checked; raises TraceError for files we cannot use."""
+    return TraceMeta.from_arrow(str(path), _open(path).schema_arrow.metadata)
+
+
+def arrow_schema(path: str | os.PathLike) -> pa.Schema:
+    return _open(path).schema_arrow
+
+
+def scan(path: str | os.PathLike) -> pl.LazyFrame:
+    """A lazy polars view of a trace, after checking that it is one."""
+    read_meta(path)
+    return pl.scan_parquet(str(path))
+
+
+def read_table(path: str | os.PathLike) -> pa.Table:
+    """The whole trace as an Arrow table (small traces, tests)."""
+    read_meta(path)
+    try:
+        return pq.read_table(str(path))
+    except (pa.ArrowException, OSError) as exc:
+        raise TraceError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None

@@ -1,0 +1,96 @@
+"""Trace schema v1: the one place that says what a trace file holds.
+
+One row per model call. Block hashes are stored in delta form (a prompt's full block list is
+its parent's sequence cut to ``kept_blocks`` followed by ``new_block_hashes``) so a session of
+n calls stays linear in size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+SEGMENT_TYPE = pa.struct([("kind", pa.string()), ("tokens", pa.int32())])
+
+SCHEMA = pa.schema(
+    [
+        ("session_id", pa.string()),
+        ("request_id", pa.string()),
+        ("parent_id", pa.string()),
+        ("turn", pa.int32()),
+        ("agent", pa.string()),
+        ("workload", pa.string()),
+        ("arrival_s", pa.float64()),
+        ("think_s", pa.float64()),
+        ("input_tokens", pa.int32()),
+        ("output_tokens", pa.int32()),
+        ("kept_blocks", pa.int32()),
+        ("new_block_hashes", pa.list_(pa.uint64())),
+        ("segments", pa.list_(SEGMENT_TYPE)),
+        ("model", pa.string()),
+        ("reported_cached_tokens", pa.int32()),
+        ("reported_cache_write_tokens", pa.int32()),
+    ]
+)
+
+COLUMNS = tuple(SCHEMA.names)
+NULLABLE = frozenset({"parent_id", "model", "reported_cached_tokens", "reported_cache_write_tokens"})
+
+# What a prompt segment may be: the kinds DESIGN.md names, plus "unknown" for importers that only
+# see token counts.
+SEGMENT_KINDS = frozenset(
+    {"system", "tools", "history", "user", "tool_result", "document", "summary", "unknown"}
+)
+
+
+class TraceError(Exception):
+    """A problem with a trace file that the user must fix; printed as one line, never a traceback."""
+
+
+@dataclass(frozen=True)
+class TraceMeta:
+    """File-level metadata every trace carries."""
+
+    block_size: int
+    source: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_arrow(self) -> dict[bytes, bytes]:
+        return {
+            b"schema_version": str(self.schema_version).encode(),
+            b"block_size": str(self.block_size).encode(),
+            b"source": json.dumps(self.source, sort_keys=True).encode(),
+        }
+
+    @classmethod
+    def from_arrow(cls, path: str, metadata: dict[bytes, bytes] | None) -> TraceMeta:
+        """Parse and check the metadata keys; raise TraceError naming the file on any problem."""
+        metadata = metadata or {}
+        for key in (b"schema_version", b"block_size", b"source"):
+            if key not in metadata:
+                raise TraceError(f"{path}: not an agent-replay trace (metadata key "
+                                 f"'{key.decode()}' missing)")
+        try:
+            version = int(metadata[b"schema_version"])
+        except ValueError:
+            raise TraceError(f"{path}: schema_version is not an integer") from None
+        if version not in SUPPORTED_VERSIONS:
+            raise TraceError(f"{path}: unsupported schema_version {version} "
+                             f"(this agent-replay reads {list(SUPPORTED_VERSIONS)})")
+        try:
+            block_size = int(metadata[b"block_size"])
+        except ValueError:
+            raise TraceError(f"{path}: block_size is not an integer") from None
+        if block_size <= 0:
+            raise TraceError(f"{path}: block_size must be > 0, got {block_size}")
+        try:
+            source = json.loads(metadata[b"source"])
+        except ValueError:
+            raise TraceError(f"{path}: source metadata is not JSON") from None
+        return cls(block_size=block_size, source=source, schema_version=version)
