@@ -19,6 +19,9 @@ def report(title: str, figures: dict[str, Any]) -> None:
     print(title)
     width = max(len(k) for k in figures)
     for key, value in figures.items():
-        text = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
+        if isinstance(value, float):
+            text = f"{value:,.2f}"
+        else:
+            text = f"{value:,}" if isinstance(value, int) else value
         print(f"  {key:<{width}}  {text}")
     print(json.dumps(figures))

@@ -7,14 +7,20 @@ Targets on a 2-core machine: >= 20,000 requests/s, <= 2 KiB on disk per request,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import peak_rss_mib, report  # noqa: E402
+# this folder holds replay.py, which must not shadow the replay package: load common.py by path
+HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+_spec = importlib.util.spec_from_file_location("bench_common", HERE / "common.py")
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+peak_rss_mib, report = common.peak_rss_mib, common.report
 
 from traces.synth import generate, load_config  # noqa: E402
 

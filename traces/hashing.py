@@ -13,6 +13,7 @@ Blocks that a call's *output* completes get keys derived from its request_id
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -159,13 +160,21 @@ def output_block_hashes(
     output_tokens: int,
     block_size: int,
 ) -> np.ndarray:
-    """Hashes of the blocks a call's output completes.
+    """Hashes of the blocks a call's output completes (read-only array).
 
     Block j's key is ``string_key(request_id) + j``: the request id names the prompt (hence its
     partial last block) and the output, so the key is a function of the block's tokens.
+    Memoised: a replay asks twice for the same call (its child's expansion, the engine's cache).
     """
+    return _output_block_hashes(last_prompt_hash, request_id, input_tokens, output_tokens, block_size)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _output_block_hashes(last_prompt_hash, request_id, input_tokens, output_tokens, block_size):
     keys = output_block_keys(request_id, input_tokens, output_tokens, block_size)
-    return chain_hashes(last_prompt_hash, keys)
+    hashes = chain_hashes(last_prompt_hash, keys)
+    hashes.flags.writeable = False
+    return hashes
 
 
 def reblock(hashes: np.ndarray, factor: int) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""The engine protocol: the runner submits calls one at a time, asks when the engine's next
+event is, and advances it to a time, receiving the calls that finished by then.
+
+Engines know nothing of runners or traces beyond these types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from traces.hashing import output_block_hashes
+
+
+@dataclass
+class Request:
+    """One call as an engine sees it. ``blocks`` is the prompt's full block list at the trace's
+    block size (``trace_block_size``)."""
+
+    request_id: str
+    session_id: str
+    turn: int
+    workload: str
+    arrival_s: float
+    input_tokens: int
+    output_tokens: int
+    blocks: np.ndarray
+    trace_block_size: int
+
+    def output_blocks(self) -> np.ndarray:
+        """Blocks the call's output completes, at the trace's block size."""
+        last = int(self.blocks[-1]) if len(self.blocks) else None
+        return output_block_hashes(last, self.request_id, self.input_tokens, self.output_tokens,
+                                   self.trace_block_size)
+
+    def sequence_blocks(self) -> np.ndarray:
+        """Prompt blocks followed by the output-completed ones."""
+        return np.concatenate([self.blocks, self.output_blocks()])
+
+
+@dataclass
+class Completion:
+    """What an engine reports for a finished call; times are on the replay clock (seconds)."""
+
+    request_id: str
+    instance: int
+    start_s: float
+    first_token_s: float
+    finish_s: float
+    reused_tokens_by_tier: dict[str, int]
+    prefilled_tokens: int
+    loaded_bytes: float
+    gpu_s: float
+    no_reuse_prefill_s: float  # the counterfactual prefill of the whole prompt, for baselines
+    no_reuse_gpu_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reused_tokens(self) -> int:
+        return sum(self.reused_tokens_by_tier.values())
+
+
+class Engine(Protocol):
+    tier_names: list[str]
+
+    def submit(self, request: Request, now: float) -> None:
+        """Hand the engine a call sent at ``now``."""
+
+    def next_event_time(self) -> float | None:
+        """When the engine next has something to do (None: idle)."""
+
+    def advance(self, until: float) -> list[Completion]:
+        """Run the engine up to ``until``; return the calls finished by then."""
+
+    def stats(self) -> dict[str, Any]:
+        """Engine-level figures for the summary (bytes per tier, evictions, ...)."""

@@ -1,0 +1,137 @@
+"""A radix tree over runs of chained block hashes.
+
+Agent prompts share long prefixes and grow at the tail, so a tree whose edges are runs of
+blocks stays a few nodes deep: the shared system prompt, then one run per session that grows
+in place. Matching walks nodes, not blocks (see ``match``), so no Python step is spent per
+block. Used by the KV block cache (with tiers and pins) and by the
+provider prompt-cache model (with expiry times).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_EMPTY = np.empty(0, dtype=np.uint64)
+
+
+class Node:
+    """A run of blocks. ``tier_end[t]`` counts the run's leading blocks held in tiers <= t
+    (tiers are ordered fast to slow and a run's deeper blocks never sit in a faster tier).
+    ``stamp`` is the owner's clock: last use for the KV cache, expiry for the API cache."""
+
+    __slots__ = ("hashes", "parent", "children", "stamp", "tier_end", "pins", "alive")
+
+    def __init__(self, hashes: np.ndarray, parent: Node | None, n_tiers: int, stamp: float) -> None:
+        self.hashes = hashes
+        self.parent = parent
+        self.children: dict[int, Node] = {}
+        self.stamp = stamp
+        self.tier_end = [len(hashes)] * n_tiers
+        self.pins = 0
+        self.alive = True
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def count_in_tier(self, tier: int, upto: int | None = None) -> int:
+        """Blocks of this run in ``tier`` among its first ``upto`` blocks."""
+        n = len(self.hashes) if upto is None else upto
+        lo = min(self.tier_end[tier - 1], n) if tier else 0
+        return min(self.tier_end[tier], n) - lo
+
+
+class RadixTree:
+    def __init__(self, n_tiers: int = 1) -> None:
+        self.n_tiers = n_tiers
+        self.root = Node(_EMPTY, None, n_tiers, math.inf)
+        self.nodes = 0
+
+    def match(self, hashes: np.ndarray) -> tuple[list[Node], int, int]:
+        """Walk the longest stored prefix of ``hashes``.
+
+        Returns (path, matched blocks, blocks matched in the last node of the path); every node
+        of the path but the last is matched whole. Chained hashes make this cheap: equal hashes
+        at a position mean equal prefixes up to it, so a run matches whole when its last block
+        does, and otherwise a binary search finds where it parts.
+        """
+        path: list[Node] = []
+        node, i, n, k = self.root, 0, len(hashes), 0
+        while i < n:
+            child = node.children.get(int(hashes[i]))
+            if child is None:
+                break
+            run = child.hashes
+            m = min(len(run), n - i)
+            if run[m - 1] == hashes[i + m - 1]:
+                k = m
+            else:
+                lo, hi = 1, m - 1  # run[lo-1] matches, run[hi] does not
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if run[mid] == hashes[i + mid]:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                k = lo
+            path.append(child)
+            i += k
+            if k < len(run):
+                break
+            node = child
+        return path, i, k
+
+    def split(self, node: Node, k: int) -> Node:
+        """Cut ``node`` after its first k blocks; the new head sits between it and its parent.
+
+        The tail keeps the node's identity, so whoever holds the deepest node of a path can still
+        walk up through every block of it.
+        """
+        head = Node(node.hashes[:k], node.parent, self.n_tiers, node.stamp)
+        head.tier_end = [min(e, k) for e in node.tier_end]
+        head.pins = node.pins
+        parent = node.parent
+        assert parent is not None
+        parent.children[int(node.hashes[0])] = head
+        node.hashes = node.hashes[k:]
+        node.tier_end = [max(e - k, 0) for e in node.tier_end]
+        node.parent = head
+        head.children[int(node.hashes[0])] = node
+        self.nodes += 1
+        return head
+
+    def descend(self, hashes: np.ndarray) -> tuple[list[Node], int]:
+        """Match, then split so the path ends exactly at the matched boundary."""
+        path, matched, k = self.match(hashes)
+        if path and k < len(path[-1]):
+            path[-1] = self.split(path[-1], k)
+        return path, matched
+
+    def add(self, parent: Node, hashes: np.ndarray, stamp: float) -> Node:
+        """Store ``hashes`` below ``parent`` (in tier 0): grow a childless leaf held wholly in
+        tier 0 in place, else hang a new node."""
+        if (parent is not self.root and not parent.children
+                and parent.tier_end[0] == len(parent.hashes)):
+            parent.hashes = np.concatenate([parent.hashes, hashes])
+            parent.tier_end = [len(parent.hashes)] * self.n_tiers
+            parent.stamp = max(parent.stamp, stamp)
+            return parent
+        node = Node(np.array(hashes, dtype=np.uint64), parent, self.n_tiers, stamp)
+        parent.children[int(hashes[0])] = node
+        self.nodes += 1
+        return node
+
+    def remove(self, node: Node) -> None:
+        """Drop a childless node."""
+        assert not node.children and node.parent is not None
+        del node.parent.children[int(node.hashes[0])]
+        node.alive = False
+        self.nodes -= 1
+
+    @staticmethod
+    def ancestors(node: Node):
+        """The node and every node above it, root excluded."""
+        while node.parent is not None:
+            yield node
+            node = node.parent

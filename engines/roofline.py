@@ -1,0 +1,59 @@
+"""Closed-form time of prefill, decode steps and KV loads: the one roofline every engine uses.
+
+Prefill FLOPs: 2 x active params per new token, plus attention: QK^T and AV each cost
+2 x width per (query, key) pair per layer, and n new tokens after c cached ones make
+n*c + n^2/2 causal pairs. A forward pass reads the (active) weights once and the cached KV,
+and writes the new KV; time is the larger of FLOPs and bytes over their derated peaks.
+A decode step of b sequences reads the weights once and every sequence's KV.
+"""
+
+from __future__ import annotations
+
+from engines.specs import HardwareSpec, ModelSpec, TierSpec
+
+
+def prefill_flops(model: ModelSpec, new_tokens: float, cached_tokens: float = 0) -> float:
+    n, c = float(new_tokens), float(cached_tokens)
+    return 2.0 * model.active_params * n + 4.0 * model.layers * model.attention_width * (n * c + n * n / 2.0)
+
+
+def prefill_bytes(model: ModelSpec, new_tokens: float, cached_tokens: float = 0) -> float:
+    return model.active_weight_bytes + model.kv_bytes_per_token * (cached_tokens + new_tokens)
+
+
+def decode_step_flops(model: ModelSpec, batch: int, context_tokens: float) -> float:
+    return batch * (2.0 * model.active_params + 4.0 * model.layers * model.attention_width * context_tokens)
+
+
+def decode_step_bytes(model: ModelSpec, batch: int, context_tokens: float) -> float:
+    return model.active_weight_bytes + batch * context_tokens * model.kv_bytes_per_token
+
+
+class Roofline:
+    """The formulas above against one instance's derated peaks (tp GPUs)."""
+
+    def __init__(self, model: ModelSpec, hw: HardwareSpec, tp: int) -> None:
+        self.model = model
+        self.hw = hw
+        self.flops_per_s = tp * hw.flops * hw.flops_efficiency
+        self.bytes_per_s = tp * hw.hbm_bw * hw.hbm_efficiency
+
+    def prefill_s(self, new_tokens: float, cached_tokens: float = 0) -> float:
+        """Time to prefill ``new_tokens`` after ``cached_tokens``."""
+        if new_tokens <= 0:
+            return 0.0
+        return max(prefill_flops(self.model, new_tokens, cached_tokens) / self.flops_per_s,
+                   prefill_bytes(self.model, new_tokens, cached_tokens) / self.bytes_per_s)
+
+    def decode_step_s(self, batch: int, context_tokens: float) -> float:
+        """One decode step of ``batch`` sequences of ``context_tokens`` each."""
+        batch = max(int(batch), 1)
+        return max(decode_step_flops(self.model, batch, context_tokens) / self.flops_per_s,
+                   decode_step_bytes(self.model, batch, context_tokens) / self.bytes_per_s)
+
+    def load_s(self, tier: TierSpec, bytes_per_gpu: float) -> float:
+        """Bring KV from ``tier`` into HBM: every GPU loads its own shard over its own link, in
+        parallel with the others."""
+        if bytes_per_gpu <= 0:
+            return 0.0
+        return tier.latency_s + bytes_per_gpu / (tier.read_bw * self.hw.link_efficiency)

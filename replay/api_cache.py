@@ -1,0 +1,113 @@
+"""A provider's prompt cache, simulated from the send times, and the bill it produces.
+
+Entries are prefixes of earlier prompts (a radix tree over the trace's blocks) with an expiry
+time: a write lives ``ttl_s``; a hit refreshes it (Anthropic: at no cost). A call reads the
+longest live prefix, rounded down to the provider's increment; prompts shorter than the minimum
+are neither read nor written. With ``write_billed`` (Anthropic's explicit caching, breakpoint at
+the end of the prompt) every uncached prompt token is written at the write price; otherwise
+(OpenAI, DeepSeek) uncached tokens cost plain input. Every prefix of a cached prompt counts as
+readable, as if each call set breakpoints along its whole prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engines.radix import RadixTree
+from engines.specs import ConfigError
+
+
+@dataclass(frozen=True)
+class ApiPricing:
+    provider: str
+    model: str
+    input_per_mtok: float
+    output_per_mtok: float
+    cache_read_per_mtok: float
+    cache_write_per_mtok: dict[int, float]  # by TTL in seconds
+    ttl_s: float
+    write_billed: bool
+    refresh_on_hit: bool
+    min_tokens: int
+    increment_tokens: int
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any]) -> ApiPricing:
+        try:
+            pricing = cls(
+                provider=str(cfg["provider"]), model=str(cfg["model"]),
+                input_per_mtok=float(cfg["input_per_mtok"]),
+                output_per_mtok=float(cfg["output_per_mtok"]),
+                cache_read_per_mtok=float(cfg["cache_read_per_mtok"]),
+                cache_write_per_mtok={int(k): float(v) for k, v in cfg["cache_write_per_mtok"].items()},
+                ttl_s=float(cfg["ttl_s"]), write_billed=bool(cfg["write_billed"]),
+                refresh_on_hit=bool(cfg["refresh_on_hit"]), min_tokens=int(cfg["min_tokens"]),
+                increment_tokens=int(cfg["increment_tokens"]),
+            )
+        except KeyError as exc:
+            raise ConfigError(f"pricing.api: '{exc.args[0]}' is missing") from None
+        pricing.write_price(pricing.ttl_s)
+        return pricing
+
+    def write_price(self, ttl_s: float) -> float:
+        try:
+            return self.cache_write_per_mtok[int(ttl_s)]
+        except KeyError:
+            raise ConfigError(f"pricing.api: no cache_write_per_mtok for a TTL of {ttl_s:g} s "
+                              f"(have {sorted(self.cache_write_per_mtok)})") from None
+
+    def no_reuse_cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+
+@dataclass(frozen=True)
+class ApiCharge:
+    cached_tokens: int
+    written_tokens: int
+    cost_usd: float
+
+
+class ProviderPromptCache:
+    """``Node.stamp`` holds each run's expiry time."""
+
+    def __init__(self, pricing: ApiPricing, block_size: int) -> None:
+        self.pricing = pricing
+        self.bs = block_size
+        self.tree = RadixTree(1)
+
+    def call(self, blocks: np.ndarray, now: float, input_tokens: int, output_tokens: int,
+             ttl_s: float | None = None) -> ApiCharge:
+        p = self.pricing
+        ttl = p.ttl_s if ttl_s is None else ttl_s
+        cacheable = input_tokens >= p.min_tokens
+        cached = 0
+        if cacheable:
+            path, _, k = self.tree.match(blocks)
+            live = 0
+            for i, node in enumerate(path):
+                if node.stamp < now:
+                    break  # expired: this run and everything below it must be written again
+                live += len(node) if i < len(path) - 1 else k
+            cached = min(live * self.bs, input_tokens)
+            cached -= cached % p.increment_tokens
+            self._store(blocks, now, now + ttl, refreshed_blocks=live)
+        written = input_tokens - cached if (cacheable and p.write_billed) else 0
+        uncached = input_tokens - cached - written
+        cost = (uncached * p.input_per_mtok + cached * p.cache_read_per_mtok
+                + written * p.write_price(ttl) + output_tokens * p.output_per_mtok) / 1e6
+        return ApiCharge(cached, written, cost)
+
+    def _store(self, blocks: np.ndarray, now: float, expiry: float, refreshed_blocks: int) -> None:
+        path, matched = self.tree.descend(blocks)
+        depth = 0
+        for node in path:
+            depth += len(node)
+            hit = depth <= refreshed_blocks
+            if (hit and self.pricing.refresh_on_hit) or not hit or node.stamp < now:
+                node.stamp = max(node.stamp, expiry) if node.stamp >= now else expiry
+        if matched < len(blocks):
+            self.tree.add(path[-1] if path else self.tree.root, blocks[matched:], expiry)

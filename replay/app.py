@@ -1,0 +1,147 @@
+"""The `replay` command: a Hydra app that replays a trace against an engine and prices it.
+
+    replay                                   # default experiment on a small generated trace
+    replay model=llama3_1_8b hardware=h200 cache=hbm_dram_nvme
+    replay trace=file trace.path=my.parquet replay.mode=open
+    replay -m cache=hbm_only,hbm_dram_nvme   # a sweep; writes one comparison table
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from engines.base import Completion, Request
+from engines.specs import ConfigError
+from replay.api_cache import ApiPricing, ProviderPromptCache
+from replay.cost import SelfHostedPricing
+from replay.metrics import RequestsWriter
+from replay.runner import ReplayOptions, replay
+from replay.summary import summarize, table, write_summary
+from traces.io import read_meta
+from traces.schema import TraceError
+
+
+def resolve_trace(cfg: DictConfig, run_dir: Path) -> str:
+    """The trace file to replay: generated into the run folder, or the user's file."""
+    kind = cfg.trace.get("kind")
+    if kind == "generate":
+        from traces.synth import generate
+
+        path = run_dir / "trace.parquet"
+        generate(cfg.trace, path)
+        return str(path)
+    if kind == "file":
+        path = cfg.trace.get("path")
+        if path in (None, "???"):
+            raise ConfigError("trace=file needs trace.path=/path/to/trace.parquet")
+        read_meta(path)
+        return str(path)
+    raise ConfigError(f"trace.kind must be 'generate' or 'file', got {kind!r}")
+
+
+def build_engine(cfg: DictConfig, trace_block_size: int):
+    container = lambda key: OmegaConf.to_container(cfg[key], resolve=True)  # noqa: E731
+    try:
+        return hydra.utils.instantiate(
+            cfg.engine, model=container("model"), hardware=container("hardware"),
+            cache=container("cache"), tp=cfg.parallel.tp, instances=cfg.instances,
+            trace_block_size=trace_block_size, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, (ConfigError, TraceError)):
+            raise cause from None
+        raise ConfigError(f"engine {cfg.engine.get('_target_')}: {cause}") from None
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """One replay: trace -> runner -> engine -> metrics -> cost -> summary."""
+    path = resolve_trace(cfg, run_dir)
+    meta = read_meta(path)
+    engine = build_engine(cfg, meta.block_size)
+    api = ProviderPromptCache(ApiPricing.from_cfg(cfg.pricing.api), meta.block_size)
+    self_hosted = SelfHostedPricing.from_cfg(cfg.pricing.self_hosted)
+    power_w = float(cfg.hardware.get("power_w") or 0.0)
+    r = cfg.replay
+    opts = ReplayOptions(mode=r.mode, time_scale=float(r.time_scale),
+                         session_rate_per_s=r.session_rate_per_s, sample_sessions=r.sample.sessions,
+                         sample_ratio=r.sample.ratio, limit=r.limit, seed=int(cfg.seed),
+                         progress=bool(r.progress))
+    writer = RequestsWriter(run_dir / "requests.parquet", engine.tier_names)
+    charges: dict[str, Any] = {}
+
+    def on_send(call: dict[str, Any], request: Request, t: float) -> None:
+        charges[request.request_id] = api.call(request.blocks, t, request.input_tokens,
+                                               request.output_tokens)
+
+    def on_finish(call: dict[str, Any], request: Request, done: Completion) -> None:
+        charge = charges.pop(request.request_id)
+        queue = done.start_s - request.arrival_s
+        decode_tokens = request.output_tokens - 1
+        row = {
+            "request_id": request.request_id, "session_id": request.session_id, "turn": request.turn,
+            "workload": request.workload, "instance": done.instance, "arrival_s": request.arrival_s,
+            "start_s": done.start_s, "first_token_s": done.first_token_s, "finish_s": done.finish_s,
+            "ttft_s": done.first_token_s - request.arrival_s,
+            "tpot_s": (done.finish_s - done.first_token_s) / decode_tokens if decode_tokens > 0 else None,
+            "queue_s": queue, "input_tokens": request.input_tokens,
+            "output_tokens": request.output_tokens, "reused_tokens": done.reused_tokens,
+            **{f"reused_tokens_{k}": v for k, v in done.reused_tokens_by_tier.items()},
+            "prefilled_tokens": done.prefilled_tokens, "loaded_bytes": done.loaded_bytes,
+            "gpu_s": done.gpu_s, "cost_usd": self_hosted.gpu_cost(done.gpu_s, power_w),
+            "no_reuse_ttft_s": queue + done.no_reuse_prefill_s, "no_reuse_gpu_s": done.no_reuse_gpu_s,
+            "no_reuse_cost_usd": self_hosted.gpu_cost(done.no_reuse_gpu_s, power_w),
+            "api_cached_tokens": charge.cached_tokens, "api_cache_write_tokens": charge.written_tokens,
+            "api_cost_usd": charge.cost_usd,
+            "api_no_reuse_cost_usd": api.pricing.no_reuse_cost(request.input_tokens, request.output_tokens),
+            "reported_cached_tokens": call["reported_cached_tokens"],
+            "reported_cache_write_tokens": call["reported_cache_write_tokens"],
+        }
+        writer.add(row)
+
+    try:
+        result = replay(path, engine, opts, on_send, on_finish)
+    finally:
+        writer.close()
+    import polars as pl
+
+    requests = pl.read_parquet(run_dir / "requests.parquet")
+    storage = {name: self_hosted.storage_cost(name, byte_s)
+               for name, byte_s in result.engine_stats.get("byte_seconds_by_tier", {}).items()}
+    summary = summarize(
+        requests, engine.tier_names, storage,
+        trace=str(cfg.trace.get("generator") or cfg.trace.get("path")),
+        engine=str(cfg.engine._target_).rsplit(".", 1)[-1], model=cfg.model.name,
+        hardware=cfg.hardware.name, cache=cfg.cache.name, pricing=cfg.pricing.api.model,
+        tp=int(cfg.parallel.tp), instances=int(cfg.instances), mode=opts.mode,
+        interrupted=result.interrupted, calls_sent=result.sent, engine_stats=result.engine_stats,
+    )
+    write_summary(summary, run_dir / "summary.json")
+    return summary
+
+
+@hydra.main(version_base=None, config_path="pkg://conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run(cfg, run_dir)
+    except (TraceError, ConfigError, OmegaConfBaseException) as exc:
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        sys.exit(1)
+    print(f"\n{summary['trace']} on {summary['engine']}: {summary['model']} / {summary['hardware']} "
+          f"x{summary['tp']} / cache {summary['cache']} / {summary['pricing']}"
+          + ("  [interrupted: partial results]" if summary["interrupted"] else ""))
+    print(table(summary))
+    print(f"outputs: {run_dir}")
+    return summary["reuse"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The runner: reads a trace, decides when each call is sent, drives an engine, records results.
+
+open mode sends each call at its (scaled) arrival_s; closed mode sends a session's root calls at
+their arrival_s and every other call think_s after its parent finished on the engine under
+test. Calls are expanded to full block lists as they are sent, so memory follows the calls in
+flight. Ctrl-C stops sending; what finished is kept.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from engines.base import Completion, Engine, Request
+from engines.specs import ConfigError
+from traces.expand import BlockExpander, children_counts
+from traces.io import read_meta, scan
+
+MODES = ("open", "closed")
+COLUMNS = ["session_id", "request_id", "parent_id", "turn", "workload", "arrival_s", "think_s",
+           "input_tokens", "output_tokens", "kept_blocks", "new_block_hashes",
+           "reported_cached_tokens", "reported_cache_write_tokens"]
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    mode: str = "closed"
+    time_scale: float = 1.0
+    session_rate_per_s: float | None = None
+    sample_sessions: int | None = None
+    sample_ratio: float | None = None
+    limit: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"replay.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.time_scale > 0:
+            raise ConfigError(f"replay.time_scale must be > 0, got {self.time_scale}")
+        if self.session_rate_per_s is not None and not self.session_rate_per_s > 0:
+            raise ConfigError("replay.session_rate_per_s must be > 0")
+        if self.sample_sessions is not None and self.sample_ratio is not None:
+            raise ConfigError("set replay.sample.sessions or replay.sample.ratio, not both")
+        if self.sample_ratio is not None and not 0 < self.sample_ratio <= 1:
+            raise ConfigError("replay.sample.ratio must be in (0, 1]")
+        if self.sample_sessions is not None and self.sample_sessions < 1:
+            raise ConfigError("replay.sample.sessions must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("replay.limit must be >= 1")
+
+
+def prepare_calls(path: str, opts: ReplayOptions) -> pl.DataFrame:
+    """The calls to replay, with their send-clock arrival and think times, in arrival order."""
+    lf = scan(path).select(COLUMNS).with_row_index("row")
+    rng = np.random.default_rng(opts.seed)
+    if opts.sample_sessions is not None or opts.sample_ratio is not None:
+        sessions = lf.select(pl.col("session_id").unique().sort()).collect().to_series()
+        k = opts.sample_sessions if opts.sample_sessions is not None else \
+            max(1, round(opts.sample_ratio * len(sessions)))
+        keep = sessions.gather(np.sort(rng.choice(len(sessions), size=min(k, len(sessions)),
+                                                  replace=False)))
+        lf = lf.filter(pl.col("session_id").is_in(keep.implode()))
+    start = pl.col("arrival_s").min().over("session_id")
+    offset = (pl.col("arrival_s") - start) * opts.time_scale
+    if opts.session_rate_per_s is not None:
+        order = lf.group_by("session_id").agg(pl.col("arrival_s").min().alias("start"),
+                                              pl.col("row").min().alias("first_row"))
+        order = order.sort("start", "first_row").collect()
+        new_start = np.cumsum(rng.exponential(1.0 / opts.session_rate_per_s, order.height))
+        starts = pl.DataFrame({"session_id": order["session_id"], "new_start": new_start - new_start[0]})
+        lf = lf.join(starts.lazy(), on="session_id").with_columns(arrival_s=pl.col("new_start") + offset)
+    else:
+        lf = lf.with_columns(arrival_s=start * opts.time_scale + offset)
+    lf = lf.with_columns(think_s=pl.col("think_s") * opts.time_scale)
+    calls = lf.sort("arrival_s", "row").collect()
+    if opts.mode == "open" and opts.limit is not None:
+        calls = calls.head(opts.limit)
+    return calls
+
+
+@dataclass
+class ReplayResult:
+    sent: int = 0
+    finished: int = 0
+    interrupted: bool = False
+    engine_stats: dict[str, Any] = field(default_factory=dict)
+
+
+Recorder = Callable[[dict[str, Any], Request, Completion], None]
+Sender = Callable[[dict[str, Any], Request, float], Any]
+
+
+def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
+           on_finish: Recorder) -> ReplayResult:
+    """Replay the trace at ``path`` through ``engine``.
+
+    ``on_send(call, request, t)`` runs when a call is sent (in send order) and may return
+    anything; ``on_finish(call, request, completion)`` runs when it finishes.
+    """
+    opts.check()
+    meta = read_meta(path)
+    calls = prepare_calls(path, opts)
+    n = calls.height
+    hashes = calls["new_block_hashes"]
+    flat = hashes.explode().drop_nulls().to_numpy().astype(np.uint64, copy=False)
+    ends = np.cumsum(hashes.list.len().fill_null(0).to_numpy())
+    begins = ends - hashes.list.len().fill_null(0).to_numpy()
+    rows = calls.drop("new_block_hashes").to_dicts()
+    expander = BlockExpander(meta.block_size, children_counts(calls))
+    children: dict[str, list[int]] = {}
+    queue: list[tuple[float, int, int]] = []
+    seq = itertools.count()
+    if opts.mode == "open":
+        queue = [(r["arrival_s"], next(seq), i) for i, r in enumerate(rows)]
+    else:
+        for i, r in enumerate(rows):
+            if r["parent_id"] is None:
+                queue.append((r["arrival_s"], next(seq), i))
+            else:
+                children.setdefault(r["parent_id"], []).append(i)
+    heapq.heapify(queue)
+    limit = opts.limit if opts.limit is not None else math.inf
+    in_flight: dict[str, tuple[int, Request]] = {}
+    result = ReplayResult()
+    bar = tqdm(total=min(n, limit), unit="call", desc="replay", disable=not opts.progress or None)
+    try:
+        while True:
+            t_send = queue[0][0] if queue and result.sent < limit else math.inf
+            t_event = engine.next_event_time()
+            t_event = math.inf if t_event is None else t_event
+            if t_send == math.inf and t_event == math.inf:
+                break
+            if t_event <= t_send:
+                for done in engine.advance(t_event):
+                    i, request = in_flight.pop(done.request_id)
+                    on_finish(rows[i], request, done)
+                    result.finished += 1
+                    bar.update(1)
+                    for child in children.pop(done.request_id, ()):
+                        heapq.heappush(queue, (done.finish_s + rows[child]["think_s"], next(seq), child))
+                continue
+            t, _, i = heapq.heappop(queue)
+            r = rows[i]
+            blocks = expander.prompt(r["request_id"], r["parent_id"], r["kept_blocks"],
+                                     flat[begins[i]:ends[i]], r["input_tokens"], r["output_tokens"])
+            request = Request(r["request_id"], r["session_id"], r["turn"], r["workload"], t,
+                              r["input_tokens"], r["output_tokens"], blocks, meta.block_size)
+            on_send(r, request, t)
+            engine.submit(request, t)
+            in_flight[r["request_id"]] = (i, request)
+            result.sent += 1
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        bar.close()
+    result.engine_stats = engine.stats()
+    return result

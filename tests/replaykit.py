@@ -1,0 +1,26 @@
+"""Compose the replay config as the app does, for tests that call replay.app.run directly."""
+
+from __future__ import annotations
+
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+
+def compose_cfg(overrides: list[str]) -> DictConfig:
+    with initialize_config_module(version_base=None, config_module="conf"):
+        return compose(config_name="config", overrides=["replay.progress=false", *overrides])
+
+
+# A model and machine with round numbers, so a test can work times out by hand: 5e8 active
+# parameters (1 byte each), one layer of width 1, KV 4 bytes per token; 1 TFLOP/s and 1 TB/s at
+# full efficiency; one GPU, one slot.
+SIMPLE = [
+    "model=tiny", "model.layers=1", "model.hidden=1", "model.heads=1", "model.kv_heads=1",
+    "model.head_dim=1", "model.params=5e8", "model.active_params=5e8", "model.kv_dtype_bytes=2",
+    "model.weight_dtype_bytes=1",
+    "hardware=cpu", "hardware.flops=1e12", "hardware.hbm_bw=1e12", "hardware.hbm_bytes=1e12",
+    "hardware.efficiency.flops=1.0", "hardware.efficiency.hbm=1.0", "hardware.efficiency.link=1.0",
+    "hardware.power_w=0",
+    "parallel.tp=1", "cache=hbm_only", "engine.concurrency=1",
+    "pricing=anthropic_haiku_4_5", "pricing.api.min_tokens=1",
+]

@@ -1,0 +1,66 @@
+"""The shared block cache: prefix hits per tier, LRU leaf-first eviction, pins, demotion."""
+
+import numpy as np
+
+from engines.kv_cache import BlockCache
+
+
+def H(*xs):
+    return np.array(xs, dtype=np.uint64)
+
+
+def test_lru_eviction_order_on_a_tiny_hbm_tier():
+    cache = BlockCache([3], ["hbm"])
+    for t, block in enumerate((10, 20, 30)):  # three one-block prompts at t = 0, 1, 2
+        cache.release(cache.acquire(H(block), float(t)), float(t))
+    cache.release(cache.acquire(H(10), 3.0), 3.0)  # touch 10: now 20 is least recently used
+    cache.release(cache.acquire(H(40), 4.0), 4.0)  # over capacity: evict 20
+    assert [cache.lookup(H(b))[0] for b in (10, 20, 30, 40)] == [1, 0, 1, 1]
+    cache.release(cache.acquire(H(50), 5.0), 5.0)  # then 30
+    assert [cache.lookup(H(b))[0] for b in (10, 20, 30, 40, 50)] == [1, 0, 0, 1, 1]
+    assert cache.stats[0].evicted == 2
+
+
+def test_eviction_takes_the_tail_so_prefixes_stay_cached():
+    cache = BlockCache([3], ["hbm"])
+    cache.release(cache.acquire(H(1, 2, 3), 0.0), 0.0)
+    cache.release(cache.acquire(H(9), 1.0), 1.0)
+    assert cache.lookup(H(1, 2, 3)) == [2]  # block 3 went, 1 and 2 stayed
+
+
+def test_pinned_blocks_are_not_evicted():
+    cache = BlockCache([2], ["hbm"])
+    held = cache.acquire(H(1, 2), 0.0)
+    cache.release(cache.acquire(H(7, 8), 1.0), 1.0)
+    assert cache.lookup(H(1, 2)) == [2] and cache.lookup(H(7, 8)) == [0]
+    cache.release(held, 2.0)
+    assert cache.used == [2]
+
+
+def test_demotion_to_a_lower_tier_and_load_back():
+    cache = BlockCache([2, 10], ["hbm", "dram"])
+    cache.release(cache.acquire(H(1, 2), 0.0), 0.0)
+    cache.release(cache.acquire(H(5, 6), 1.0), 1.0)  # 1, 2 move to DRAM
+    assert cache.lookup(H(1, 2)) == [0, 2]
+    got = cache.acquire(H(1, 2, 3), 2.0)
+    assert got.hits == [0, 2] and cache.stats[1].loaded == 2
+    # while pinned the request overflows HBM by one block; 5, 6 went down to make room
+    assert cache.lookup(H(5, 6)) == [0, 2] and cache.stats[0].overflow == 1
+    cache.release(got, 2.0)
+    # released: its tail block 3 is the LRU leaf and moves down
+    assert cache.lookup(H(1, 2, 3)) == [2, 1]
+    assert cache.used == [2, 3]
+
+
+def test_reusable_cap_counts_cached_last_block_as_recomputed():
+    cache = BlockCache([10], ["hbm"])
+    cache.release(cache.acquire(H(1, 2), 0.0), 0.0)
+    assert cache.acquire(H(1, 2), 1.0, reusable=1).hits == [1]
+
+
+def test_last_tier_drops_lru():
+    cache = BlockCache([1, 1], ["hbm", "dram"])
+    for t, b in enumerate((1, 2, 3)):
+        cache.release(cache.acquire(H(b), float(t)), float(t))
+    assert cache.lookup(H(3)) == [1, 0] and cache.lookup(H(2)) == [0, 1] and cache.lookup(H(1)) == [0, 0]
+    assert cache.stats[1].evicted == 1

@@ -1,0 +1,127 @@
+"""The replay app end to end: reuse against the ideal, sweeps, bad input, interruption."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from replaykit import compose_cfg
+
+from engines.analytic import AnalyticEngine
+from replay.app import build_engine, run
+from replay.runner import ReplayOptions, replay
+from traces.stats import inspect
+from traces.synth import generate, load_config
+
+INFINITE = ["cache=hbm_only", "cache.tiers.0.capacity_bytes=inf"]
+
+
+@pytest.fixture(scope="module")
+def coding_trace(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trace") / "coding.parquet"
+    generate(load_config("coding_agent", ["sessions=12", "seed=2", "subagent.probability=0.1"]), path)
+    return path
+
+
+@pytest.mark.parametrize("generator", ["coding_agent", "email_drafting"])
+def test_infinite_cache_reuse_equals_the_ideal_exactly(tmp_path, generator):
+    path = tmp_path / "t.parquet"
+    generate(load_config(generator, ["sessions=15", "seed=4"]), path)
+    summary = run(compose_cfg([*INFINITE, "trace=file", f"trace.path={path}"]), tmp_path)
+    ideal = inspect(path)
+    assert summary["reuse"] == ideal["ideal_reuse"]
+    assert summary["calls"] == ideal["requests"]
+
+
+def test_a_small_hbm_reuses_less_and_lower_tiers_win_it_back(tmp_path, coding_trace):
+    small = ["cache.tiers.0.capacity_bytes=2e10", "parallel.tp=8", "engine.concurrency=32",
+             "replay.session_rate_per_s=1"]
+    results = {}
+    for name in ("hbm_only", "hbm_dram"):
+        out = tmp_path / name
+        out.mkdir()
+        results[name] = run(compose_cfg([f"cache={name}", *small, "trace=file",
+                                         f"trace.path={coding_trace}"]), out)
+    assert results["hbm_only"]["reuse"] < results["hbm_dram"]["reuse"]
+    assert results["hbm_dram"]["reuse_by_tier"]["dram"] > 0
+    assert results["hbm_only"]["gpu_s"] > results["hbm_dram"]["gpu_s"]
+
+
+def test_open_mode_limit_sample_and_time_scale(tmp_path, coding_trace):
+    cfg = compose_cfg(["replay.mode=open", "replay.limit=50", "trace=file", f"trace.path={coding_trace}"])
+    assert run(cfg, tmp_path)["calls"] == 50
+    cfg = compose_cfg(["replay.sample.sessions=3", "trace=file", f"trace.path={coding_trace}"])
+    sub = tmp_path / "s"
+    sub.mkdir()
+    assert run(cfg, sub)["sessions"] == 3
+    full = pl.read_parquet(coding_trace)
+    base = tmp_path / "b"
+    fast = tmp_path / "f"
+    base.mkdir(), fast.mkdir()
+    run(compose_cfg(["replay.mode=open", "trace=file", f"trace.path={coding_trace}"]), base)
+    run(compose_cfg(["replay.mode=open", "replay.time_scale=0.5", "trace=file",
+                     f"trace.path={coding_trace}"]), fast)
+    a = pl.read_parquet(base / "requests.parquet").sort("request_id")["arrival_s"]
+    b = pl.read_parquet(fast / "requests.parquet").sort("request_id")["arrival_s"]
+    assert (b - a * 0.5).abs().max() < 1e-6 and len(a) == full.height
+
+
+def test_ctrl_c_keeps_what_finished(tmp_path, coding_trace):
+    cfg = compose_cfg([])
+    engine = build_engine(cfg, 64)
+    assert isinstance(engine, AnalyticEngine)
+    finished = []
+
+    def on_finish(call, request, done):
+        if len(finished) == 5:
+            raise KeyboardInterrupt
+        finished.append(done.request_id)
+
+    result = replay(str(coding_trace), engine, ReplayOptions(progress=False), lambda *a: None, on_finish)
+    assert result.interrupted and result.finished == 5 and len(finished) == 5
+
+
+def replay_cli(*args, cwd):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    exe = Path(sys.executable).with_name("replay")
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_default_replay_prints_the_table_and_writes_outputs(tmp_path):
+    result = replay_cli("trace.sessions=4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "TTFT p50" in result.stdout and "API $ / session" in result.stdout
+    run_dir = next(tmp_path.glob("outputs/*/*"))
+    written = {p.name for p in run_dir.iterdir()}
+    assert {"requests.parquet", "summary.json", "trace.parquet", ".hydra"} <= written
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["calls"] == pl.read_parquet(run_dir / "requests.parquet").height > 0
+
+
+def test_joblib_sweep_writes_one_comparison_table(tmp_path):
+    result = replay_cli("-m", "cache=hbm_only,hbm_dram", "trace.sessions=3", "hydra/launcher=joblib",
+                        "hydra.launcher.n_jobs=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    comparison = next(tmp_path.glob("multirun/*/*/comparison.csv"))
+    table = pl.read_csv(comparison)
+    assert table.height == 2 and set(table["overrides"]) == {
+        "cache=hbm_only trace.sessions=3", "cache=hbm_dram trace.sessions=3"}
+    for run_dir, reuse in zip(sorted(comparison.parent.glob("[0-9]")), table["reuse"], strict=True):
+        assert json.loads((run_dir / "summary.json").read_text())["reuse"] == pytest.approx(reuse)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["trace=file", "trace.path=/no/such/trace.parquet"], "/no/such/trace.parquet: no such file"),
+    (["model=llama9"], "Could not find 'model/llama9'"),
+    (["trace.sessions=2", "replay.mode=sideways"], "replay.mode must be one of open, closed"),
+    (["trace.sessions=2", "model=llama3_1_70b", "parallel.tp=1"], "does not fit on 1 x h100_sxm"),
+    (["trace.sessions=2", "trace.arrival.process=sometimes"], "arrival.process must be"),
+    (["trace.sessions=2", "engine.block_size=100"], "must be a multiple of the trace's block size"),
+])
+def test_bad_input_gets_a_clear_line_not_a_traceback(tmp_path, args, message):
+    result = replay_cli(*args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr

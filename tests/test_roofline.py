@@ -1,0 +1,79 @@
+"""Sizes and times from the model/hardware configs, checked against formulas worked out here."""
+
+import pytest
+from conftest import conf
+
+from engines.roofline import Roofline, prefill_flops
+from engines.specs import HardwareSpec, ModelSpec, TierSpec, hbm_kv_capacity_bytes
+
+GiB = 2**30
+
+
+def model(name):
+    return ModelSpec.from_cfg(conf("model", name))
+
+
+def hardware(name, **changes):
+    cfg = conf("hardware", name)
+    cfg["efficiency"].update(changes)
+    return HardwareSpec.from_cfg(cfg)
+
+
+def test_kv_bytes_per_token():
+    assert model("llama3_1_8b").kv_bytes_per_token == 2 * 32 * 8 * 128 * 2 == 131_072
+    assert model("llama3_1_70b").kv_bytes_per_token == 2 * 80 * 8 * 128 * 2 == 327_680
+    assert model("qwen2_5_32b").kv_bytes_per_token == 2 * 64 * 8 * 128 * 2 == 262_144
+    assert model("deepseek_v3").kv_bytes_per_token == 61 * (512 + 64) * 2 == 70_272
+
+
+def test_kv_per_gpu_under_tensor_parallelism():
+    m = model("llama3_1_70b")
+    assert m.kv_bytes_per_token_per_gpu(8) == 327_680 / 8
+    assert m.kv_bytes_per_token_per_gpu(16) == 327_680 / 8  # beyond 8 KV heads they replicate
+    assert model("deepseek_v3").kv_bytes_per_token_per_gpu(8) == 70_272  # MLA latent on every rank
+
+
+def test_prefill_flops_8k_on_8b_against_the_formula():
+    n = 8192
+    dense = 2 * 8.03e9 * n
+    attention = 2 * 2 * 32 * (32 * 128) * (n * n / 2)
+    assert prefill_flops(model("llama3_1_8b"), n) == pytest.approx(dense + attention, rel=1e-12)
+    # with a cached prefix of c tokens the new ones attend to c plus their causal part
+    c = 4096
+    assert prefill_flops(model("llama3_1_8b"), n, c) == pytest.approx(
+        dense + 2 * 2 * 32 * 4096 * (n * c + n * n / 2), rel=1e-12)
+
+
+def test_100k_prefill_on_70b_tp8_h100_is_physical():
+    m, hw = model("llama3_1_70b"), hardware("h100_sxm")
+    n = 100_000
+    flops = prefill_flops(m, n)
+    by_hand = 2 * 70.6e9 * n + 2 * 2 * 80 * (64 * 128) * n * n / 2
+    assert flops == pytest.approx(by_hand) and flops == pytest.approx(2.7e16, rel=0.02)
+    floor = flops / (8 * 989.4e12)
+    assert floor == pytest.approx(3.44, rel=0.01)
+    t = Roofline(m, hw, 8).prefill_s(n)
+    assert 1.2 * floor <= t <= 3.0 * floor
+    assert Roofline(m, hardware("h100_sxm", flops=1.0, hbm=1.0), 8).prefill_s(n) >= floor
+
+
+def test_tp8_reload_uses_eight_links_in_parallel():
+    hw = hardware("h100_sxm", link=1.0)
+    dram = TierSpec("dram", 1e12, read_bw=64e9, write_bw=64e9, latency_s=0.0)
+    total = 40 * GiB
+    roof = Roofline(model("llama3_1_70b"), hw, 8)
+    assert roof.load_s(dram, total) == pytest.approx(0.671, abs=0.001)  # one Gen5 x16 link
+    assert roof.load_s(dram, total / 8) == pytest.approx(0.0839, abs=0.0005)  # eight links
+
+
+def test_decode_step_reads_weights_once_and_every_sequence_kv():
+    m, hw = model("llama3_1_70b"), hardware("h100_sxm", hbm=1.0)
+    by_hand = (70.6e9 * 2 + 16 * 10_000 * 327_680) / (8 * 3.35e12)
+    assert Roofline(m, hw, 8).decode_step_s(16, 10_000) == pytest.approx(by_hand)
+
+
+def test_hbm_capacity_is_hbm_minus_weights_minus_reserve():
+    m, hw = model("llama3_1_70b"), hardware("h100_sxm")
+    assert hbm_kv_capacity_bytes(m, hw, 8, 0.1) == pytest.approx(8 * (80e9 * 0.9 - 70.6e9 * 2 / 8))
+    with pytest.raises(ValueError, match="does not fit"):
+        hbm_kv_capacity_bytes(m, hw, 1, 0.1)
