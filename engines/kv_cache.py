@@ -14,7 +14,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class Acquired:
     leaf: Node
     hits: list[int]
     matched: int
-    stats: list[TierStats] = field(default_factory=list)
+    prompt_blocks: int
 
     @property
     def hit_blocks(self) -> int:
@@ -126,7 +126,7 @@ class BlockCache:
             node.pins += 1
             node.stamp = now
         self._evict_all()
-        return Acquired(leaf=leaf, hits=hits, matched=matched)
+        return Acquired(leaf=leaf, hits=hits, matched=matched, prompt_blocks=len(hashes))
 
     def release(self, acquired: Acquired, now: float, sequence: np.ndarray | None = None) -> None:
         """Unpin a request's blocks; with ``sequence`` (its prompt plus output-completed blocks)
@@ -137,7 +137,16 @@ class BlockCache:
             if node.pins == 0:
                 self._push_all(node)
         if sequence is not None:
-            self.insert(sequence, now)
+            leaf = acquired.leaf
+            if (leaf.end == acquired.prompt_blocks and leaf.alive and not leaf.children
+                    and leaf.parent is not None and leaf.tier_end[0] == len(leaf)):
+                extra = sequence[leaf.end:]  # the run still ends at the prompt: grow it in place
+                if len(extra):
+                    self.tree.extend(leaf, extra)
+                    self.used[0] += len(extra)
+                    self.stats[0].written += len(extra)
+            else:
+                self.insert(sequence, now)
         self._evict_all()
 
     def insert(self, hashes: np.ndarray, now: float) -> None:
@@ -163,16 +172,18 @@ class BlockCache:
         heapq.heappush(self._heaps[tier], (self.policy.priority(node), next(self._seq), node))
 
     def _push_all(self, node: Node) -> None:
-        for t in range(self.n_tiers):
-            if node.count_in_tier(t):
+        lo = 0
+        for t, end in enumerate(node.tier_end):
+            if end > lo:
                 self._push(node, t)
+            lo = end
 
     def _evict_all(self) -> None:
         for t in range(self.n_tiers):
             if self.used[t] > self.capacity[t]:
                 self._evict(t)
-            if len(self._heaps[t]) > 4 * self.tree.nodes + 1024:
-                self._rebuild_heap(t)
+                if len(self._heaps[t]) > 4 * self.tree.nodes + 1024:
+                    self._rebuild_heap(t)
 
     def _rebuild_heap(self, tier: int) -> None:
         """Drop stale heap entries (each touch pushes a new one)."""
@@ -207,8 +218,7 @@ class BlockCache:
             elif k == len(node):
                 self.tree.remove(node)
             else:
-                node.hashes = node.hashes[: len(node) - k]
-                node.tier_end = [min(e, len(node)) for e in node.tier_end]
+                self.tree.shrink(node, k)
             if node.alive and node.count_in_tier(t):
                 self._push(node, t)
             elif parent is not None and parent is not self.tree.root:

@@ -21,7 +21,7 @@ class Node:
     (tiers are ordered fast to slow and a run's deeper blocks never sit in a faster tier).
     ``stamp`` is the owner's clock: last use for the KV cache, expiry for the API cache."""
 
-    __slots__ = ("hashes", "parent", "children", "stamp", "tier_end", "pins", "alive")
+    __slots__ = ("hashes", "parent", "children", "stamp", "tier_end", "pins", "alive", "end")
 
     def __init__(self, hashes: np.ndarray, parent: Node | None, n_tiers: int, stamp: float) -> None:
         self.hashes = hashes
@@ -31,6 +31,7 @@ class Node:
         self.tier_end = [len(hashes)] * n_tiers
         self.pins = 0
         self.alive = True
+        self.end = (parent.end if parent is not None else 0) + len(hashes)  # depth after the run
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -113,14 +114,25 @@ class RadixTree:
         tier 0 in place, else hang a new node."""
         if (parent is not self.root and not parent.children
                 and parent.tier_end[0] == len(parent.hashes)):
-            parent.hashes = np.concatenate([parent.hashes, hashes])
-            parent.tier_end = [len(parent.hashes)] * self.n_tiers
+            self.extend(parent, hashes)
             parent.stamp = max(parent.stamp, stamp)
             return parent
         node = Node(np.array(hashes, dtype=np.uint64), parent, self.n_tiers, stamp)
         parent.children[int(hashes[0])] = node
         self.nodes += 1
         return node
+
+    def extend(self, node: Node, hashes: np.ndarray) -> None:
+        """Grow a childless run held wholly in tier 0 by ``hashes`` (also in tier 0)."""
+        node.hashes = np.concatenate([node.hashes, hashes])
+        node.tier_end = [len(node.hashes)] * self.n_tiers
+        node.end += len(hashes)
+
+    def shrink(self, node: Node, k: int) -> None:
+        """Drop the last k blocks of a childless run."""
+        node.hashes = node.hashes[: len(node.hashes) - k]
+        node.tier_end = [min(e, len(node.hashes)) for e in node.tier_end]
+        node.end -= k
 
     def remove(self, node: Node) -> None:
         """Drop a childless node."""
