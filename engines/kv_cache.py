@@ -1,11 +1,11 @@
 """The KV block cache shared by every engine: blocks keyed by chained hash, held in tiers.
 
-Tier 0 is HBM; lower tiers (DRAM, NVMe, a remote warehouse) receive what the tier above evicts
-(exclusive tiers); the last tier drops. A hit in a lower tier is loaded back into HBM. Running
-requests pin their blocks. Eviction takes, per tier, the least recently used *leaf* run (a run
-none of whose children still hold blocks in that tier or a faster one), tail first, so the
-cached set stays prefix-closed and a deeper block never sits in a faster tier than its
-ancestors. The order is a policy object, so other policies plug in (see ``EvictionPolicy``).
+Tier 0 is HBM; lower tiers (DRAM, NVMe, a remote warehouse) receive what the tier above evicts;
+the last tier drops (or hands the blocks to a shared tier, see ``on_drop``). A hit in a lower
+tier is loaded back into HBM. Running requests pin their blocks. Eviction takes, per tier, the
+lowest-priority *leaf* run (one none of whose children still hold blocks in that tier or a
+faster one), tail first, so the cached set stays prefix-closed and a deeper block never sits in
+a faster tier than its ancestors. The order is a policy object (``POLICIES``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,24 +22,48 @@ from engines.radix import Node, RadixTree
 
 
 class EvictionPolicy:
-    """Orders eviction candidates: smaller priority goes first. LRU by default."""
+    """LRU: the least recently used leaf run goes first."""
 
-    name = "lru"
+    def __init__(self, **params: float) -> None:
+        self.params = params
 
     def priority(self, node: Node) -> float:
         return node.stamp
 
+    def evictable(self, node: Node, tier: int, now: float) -> bool:
+        """False holds every candidate behind it too (the heap is ordered by priority)."""
+        return True
 
-POLICIES: dict[str, type[EvictionPolicy]] = {"lru": EvictionPolicy}
+
+class TtlPinPolicy(EvictionPolicy):
+    """Keep a session's blocks in HBM for ``ttl_s`` after its call ends, while its next call
+    (after a tool runs) is expected; LRU after that (Continuum-style pinning)."""
+
+    def evictable(self, node: Node, tier: int, now: float) -> bool:
+        return tier > 0 or node.stamp + self.params.get("ttl_s", 0.0) <= now
+
+
+class SessionAwarePolicy(EvictionPolicy):
+    """LRU, but a run that several sessions share (one with two or more children, such as a
+    system prompt) counts as ``shared_bonus_s`` younger, so idle sessions' own runs go first."""
+
+    def priority(self, node: Node) -> float:
+        shared = len(node.children) >= 2
+        return node.stamp + (self.params.get("shared_bonus_s", 0.0) if shared else 0.0)
+
+
+POLICIES: dict[str, type[EvictionPolicy]] = {
+    "lru": EvictionPolicy, "ttl_pin": TtlPinPolicy, "session_aware": SessionAwarePolicy}
 
 
 @dataclass
 class TierStats:
     """Block counts moved per tier over a run."""
 
-    written: int = 0  # blocks that entered the tier (inserted or demoted into it)
+    written: int = 0  # blocks that entered the tier (inserted, demoted or written through)
     evicted: int = 0  # blocks that left it by eviction
     loaded: int = 0  # blocks read from it by hits
+    dropped: int = 0  # blocks evicted from it that no lower tier took
     overflow: int = 0  # largest excess over capacity that pinned blocks forced
 
 
@@ -58,8 +82,18 @@ class Acquired:
 
 
 class BlockCache:
+    """``capacities`` in blocks, fast tier first.
+
+    ``reserved`` blocks of tier 0 belong to running sequences outside the tree (their decode KV).
+    ``admit_min_uses``: a leaf run used fewer times is dropped from HBM instead of written down.
+    ``inclusive``: blocks are written to the next tier when stored (write-through), so demotion
+    moves nothing; ``on_drop(hashes)`` receives runs the last tier lets go (full block lists).
+    """
+
     def __init__(self, capacities: Sequence[float], names: Sequence[str] | None = None,
-                 policy: str = "lru") -> None:
+                 policy: str = "lru", policy_params: dict[str, float] | None = None,
+                 admit_min_uses: int = 0, inclusive: bool = False,
+                 on_drop: Callable[[np.ndarray, float], None] | None = None) -> None:
         if not capacities:
             raise ValueError("a block cache needs at least one tier")
         if policy not in POLICIES:
@@ -69,8 +103,14 @@ class BlockCache:
         self.n_tiers = len(self.capacity)
         self.tree = RadixTree(self.n_tiers)
         self.used = [0] * self.n_tiers
+        self.pinned = 0  # blocks of pinned runs (all in tier 0)
+        self.reserved = 0
         self.stats = [TierStats() for _ in range(self.n_tiers)]
-        self.policy = POLICIES[policy]()
+        self.policy = POLICIES[policy](**(policy_params or {}))
+        self.admit_min_uses = int(admit_min_uses)
+        self.inclusive = bool(inclusive)
+        self.on_drop = on_drop
+        self.clock = 0.0
         self._heaps: list[list[tuple[float, int, Node]]] = [[] for _ in range(self.n_tiers)]
         self._seq = itertools.count()
 
@@ -79,6 +119,10 @@ class BlockCache:
         """Leading blocks of ``hashes`` cached per tier (no side effects)."""
         path, matched, k = self.tree.match(hashes)
         return self._hits(path, matched if limit is None else min(matched, limit), last_k=k)
+
+    def free_blocks(self) -> float:
+        """Tier-0 blocks that new KV may take: capacity less pinned and reserved blocks."""
+        return self.capacity[0] - self.pinned - self.reserved
 
     def _hits(self, path: list[Node], limit: int, last_k: int | None = None) -> list[int]:
         hits = [0] * self.n_tiers
@@ -100,9 +144,11 @@ class BlockCache:
     def acquire(self, hashes: np.ndarray, now: float, reusable: int | None = None) -> Acquired:
         """Find the cached prefix, load it into HBM, store the rest there, pin the whole path.
 
-        ``reusable`` caps the blocks that count as hits (the last token is always computed);
-        cached blocks past it stay cached but count as recomputed.
+        ``reusable`` caps the blocks that count as hits (the last token is always computed;
+        an engine that declines a slow load passes the HBM-resident prefix); cached blocks past
+        it stay cached but count as recomputed.
         """
+        self.clock = now
         path, matched = self.tree.descend(hashes)
         limit = matched if reusable is None else min(matched, reusable)
         hits = self._hits(path, limit)
@@ -118,12 +164,12 @@ class BlockCache:
             node.tier_end = [len(node)] * self.n_tiers
         leaf = path[-1] if path else self.tree.root
         if matched < len(hashes):
-            new = hashes[matched:]
-            leaf = self.tree.add(leaf, new, now)
-            self.used[0] += len(new)
-            self.stats[0].written += len(new)
+            leaf = self._store(leaf, hashes[matched:], now)
         for node in self.tree.ancestors(leaf):
+            if node.pins == 0:
+                self.pinned += len(node)
             node.pins += 1
+            node.uses += 1
             node.stamp = now
         self._evict_all()
         return Acquired(leaf=leaf, hits=hits, matched=matched, prompt_blocks=len(hashes))
@@ -131,10 +177,12 @@ class BlockCache:
     def release(self, acquired: Acquired, now: float, sequence: np.ndarray | None = None) -> None:
         """Unpin a request's blocks; with ``sequence`` (its prompt plus output-completed blocks)
         also store the blocks its output completed."""
+        self.clock = now
         for node in self.tree.ancestors(acquired.leaf):
             node.pins -= 1
             node.stamp = now
             if node.pins == 0:
+                self.pinned -= len(node)
                 self._push_all(node)
         if sequence is not None:
             leaf = acquired.leaf
@@ -142,15 +190,14 @@ class BlockCache:
                     and leaf.parent is not None and leaf.tier_end[0] == len(leaf)):
                 extra = sequence[leaf.end:]  # the run still ends at the prompt: grow it in place
                 if len(extra):
-                    self.tree.extend(leaf, extra)
-                    self.used[0] += len(extra)
-                    self.stats[0].written += len(extra)
+                    self._store(leaf, extra, now)
             else:
                 self.insert(sequence, now)
         self._evict_all()
 
     def insert(self, hashes: np.ndarray, now: float) -> None:
         """Store a block list unpinned (its missing tail goes to HBM)."""
+        self.clock = now
         if self.tree.match(hashes)[1] == len(hashes):
             return  # all there: a longer prompt already stored it (no need to split its run)
         path, matched = self.tree.descend(hashes)
@@ -158,14 +205,22 @@ class BlockCache:
             node.stamp = max(node.stamp, now)
             if node.pins == 0:
                 self._push_all(node)
-        if matched < len(hashes):
-            leaf = path[-1] if path else self.tree.root
-            node = self.tree.add(leaf, hashes[matched:], now)
-            self.used[0] += len(hashes) - matched
-            self.stats[0].written += len(hashes) - matched
-            if node.pins == 0:
-                self._push_all(node)
+        node = self._store(path[-1] if path else self.tree.root, hashes[matched:], now)
+        if node.pins == 0:
+            self._push_all(node)
         self._evict_all()
+
+    def _store(self, parent: Node, hashes: np.ndarray, now: float) -> Node:
+        """New blocks into tier 0 below ``parent`` (growing it in place when it can)."""
+        node = self.tree.add(parent, hashes, now)
+        n = len(hashes)
+        if node.pins:
+            self.pinned += n
+        self.used[0] += n
+        self.stats[0].written += n
+        if self.inclusive and self.n_tiers > 1:
+            self.stats[1].written += n  # written through to the next tier as it is stored
+        return node
 
     # -- eviction -------------------------------------------------------------------------
     def _push(self, node: Node, tier: int) -> None:
@@ -180,10 +235,38 @@ class BlockCache:
 
     def _evict_all(self) -> None:
         for t in range(self.n_tiers):
-            if self.used[t] > self.capacity[t]:
+            if self.used[t] + (self.reserved if t == 0 else 0) > self.capacity[t]:
                 self._evict(t)
                 if len(self._heaps[t]) > 4 * self.tree.nodes + 1024:
                     self._rebuild_heap(t)
+
+    def make_room(self, now: float) -> None:
+        """Evict what no longer fits (after the owner changed ``reserved``)."""
+        self.clock = now
+        self._evict_all()
+
+    def promote(self, hashes: np.ndarray, now: float) -> list[int]:
+        """Bring the cached prefix of ``hashes`` into HBM without pinning it (a prefetch);
+        returns the blocks moved up from each tier."""
+        self.clock = now
+        path, matched, k = self.tree.match(hashes)
+        if path and k < len(path[-1]):
+            path = path[:-1]  # promote whole runs only
+        moved = [0] * self.n_tiers
+        for node in path:
+            if node.tier_end[0] == len(node):
+                continue
+            for t in range(1, self.n_tiers):
+                n = node.count_in_tier(t)
+                moved[t] += n
+                self.used[t] -= n
+                self.used[0] += n
+            node.tier_end = [len(node)] * self.n_tiers
+            node.stamp = now
+            if node.pins == 0:
+                self._push_all(node)
+        self._evict_all()
+        return moved
 
     def _rebuild_heap(self, tier: int) -> None:
         """Drop stale heap entries (each touch pushes a new one)."""
@@ -192,37 +275,48 @@ class BlockCache:
         heapq.heapify(self._heaps[tier])
 
     def _evict(self, t: int) -> None:
-        """Demote (or, from the last tier, drop) LRU leaf runs until tier t fits."""
+        """Demote (or drop) leaf runs in priority order until tier t fits."""
         heap = self._heaps[t]
         last = t == self.n_tiers - 1
-        while self.used[t] > self.capacity[t]:
+        reserved = self.reserved if t == 0 else 0
+        while self.used[t] + reserved > self.capacity[t]:
             if not heap:
-                excess = int(self.used[t] - self.capacity[t])
+                excess = int(self.used[t] + reserved - self.capacity[t])
                 self.stats[t].overflow = max(self.stats[t].overflow, excess)
                 return
-            priority, _, node = heapq.heappop(heap)
+            priority, _, node = heap[0]
             if not node.alive or node.pins or priority != self.policy.priority(node):
+                heapq.heappop(heap)
                 continue  # stale entry, or in use: pushed again when released
+            if not self.policy.evictable(node, t, self.clock):
+                excess = int(self.used[t] + reserved - self.capacity[t])
+                self.stats[t].overflow = max(self.stats[t].overflow, excess)
+                return  # the policy holds this run and so every later one
+            heapq.heappop(heap)
             have = node.count_in_tier(t)
             if have <= 0 or any(c.tier_end[t] for c in node.children.values()):
                 continue  # not a leaf in this tier: pushed again when its children leave
-            k = min(have, math.ceil(self.used[t] - self.capacity[t]))
+            k = min(have, math.ceil(self.used[t] + reserved - self.capacity[t]))
             self.used[t] -= k
             self.stats[t].evicted += k
             parent = node.parent
-            if not last:
+            drop = last or (t == 0 and node.uses < self.admit_min_uses and not node.children
+                            and node.tier_end[0] == len(node))
+            if not drop:
                 node.tier_end[t] -= k
                 self.used[t + 1] += k
-                self.stats[t + 1].written += k
+                if not (self.inclusive and t == 0):
+                    self.stats[t + 1].written += k
                 self._push(node, t + 1)
-            elif k == len(node):
-                self.tree.remove(node)
             else:
-                self.tree.shrink(node, k)
+                self.stats[t].dropped += k
+                if self.on_drop is not None:
+                    self.on_drop(self.tree.path_hashes(node), self.clock)
+                if k == len(node):
+                    self.tree.remove(node)
+                else:
+                    self.tree.shrink(node, k)
             if node.alive and node.count_in_tier(t):
                 self._push(node, t)
             elif parent is not None and parent is not self.tree.root:
                 self._push(parent, t)  # the parent may have become a leaf in this tier
-
-    def blocks_held(self) -> list[int]:
-        return list(self.used)

@@ -21,7 +21,7 @@ class Node:
     (tiers are ordered fast to slow and a run's deeper blocks never sit in a faster tier).
     ``stamp`` is the owner's clock: last use for the KV cache, expiry for the API cache."""
 
-    __slots__ = ("hashes", "parent", "children", "stamp", "tier_end", "pins", "alive", "end")
+    __slots__ = ("hashes", "parent", "children", "stamp", "tier_end", "pins", "alive", "end", "uses")
 
     def __init__(self, hashes: np.ndarray, parent: Node | None, n_tiers: int, stamp: float) -> None:
         self.hashes = hashes
@@ -30,6 +30,7 @@ class Node:
         self.stamp = stamp
         self.tier_end = [len(hashes)] * n_tiers
         self.pins = 0
+        self.uses = 0  # how many requests matched or stored this run
         self.alive = True
         self.end = (parent.end if parent is not None else 0) + len(hashes)  # depth after the run
 
@@ -92,6 +93,7 @@ class RadixTree:
         head = Node(node.hashes[:k], node.parent, self.n_tiers, node.stamp)
         head.tier_end = [min(e, k) for e in node.tier_end]
         head.pins = node.pins
+        head.uses = node.uses
         parent = node.parent
         assert parent is not None
         parent.children[int(node.hashes[0])] = head
@@ -140,6 +142,16 @@ class RadixTree:
         del node.parent.children[int(node.hashes[0])]
         node.alive = False
         self.nodes -= 1
+
+    @staticmethod
+    def path_hashes(node: Node, upto: int | None = None) -> np.ndarray:
+        """The full block list from the root to ``node`` (its first ``upto`` blocks)."""
+        runs = [node.hashes if upto is None else node.hashes[:upto]]
+        parent = node.parent
+        while parent is not None and parent.parent is not None:
+            runs.append(parent.hashes)
+            parent = parent.parent
+        return np.concatenate(runs[::-1])
 
     @staticmethod
     def ancestors(node: Node):

@@ -51,6 +51,23 @@ class Roofline:
         return max(decode_step_flops(self.model, batch, context_tokens) / self.flops_per_s,
                    decode_step_bytes(self.model, batch, context_tokens) / self.bytes_per_s)
 
+    def step_s(self, prefill_chunks: list[tuple[int, int]], decode_batch: int = 0,
+               decode_context_tokens: float = 0.0) -> float:
+        """One iteration of continuous batching: prefill chunks (new tokens, tokens already in
+        the sequence) and ``decode_batch`` sequences decoding one token each at a mean context
+        of ``decode_context_tokens``; the weights are read once for the whole step."""
+        m = self.model
+        flops = nbytes = 0.0
+        for n, c in prefill_chunks:
+            flops += prefill_flops(m, n, c)
+            nbytes += prefill_bytes(m, n, c) - m.active_weight_bytes
+        if decode_batch:
+            flops += decode_step_flops(m, decode_batch, decode_context_tokens)
+            nbytes += decode_step_bytes(m, decode_batch, decode_context_tokens) - m.active_weight_bytes
+        if not flops:
+            return 0.0
+        return max(flops / self.flops_per_s, (nbytes + m.active_weight_bytes) / self.bytes_per_s)
+
     def load_s(self, tier: TierSpec, bytes_per_gpu: float) -> float:
         """Bring KV from ``tier`` into HBM: every GPU loads its own shard over its own link, in
         parallel with the others."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import polars as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
@@ -95,6 +96,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "output_tokens": request.output_tokens, "reused_tokens": done.reused_tokens,
             **{f"reused_tokens_{k}": v for k, v in done.reused_tokens_by_tier.items()},
             "prefilled_tokens": done.prefilled_tokens, "loaded_bytes": done.loaded_bytes,
+            "load_s": done.extra.get("load_s", 0.0), "preemptions": done.extra.get("preemptions", 0),
             "gpu_s": done.gpu_s, "cost_usd": self_hosted.gpu_cost(done.gpu_s, power_w),
             "no_reuse_ttft_s": queue + done.no_reuse_prefill_s, "no_reuse_gpu_s": done.no_reuse_gpu_s,
             "no_reuse_cost_usd": self_hosted.gpu_cost(done.no_reuse_gpu_s, power_w),
@@ -110,8 +112,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         result = replay(path, engine, opts, on_send, on_finish)
     finally:
         writer.close()
-    import polars as pl
-
+    timeline = result.engine_stats.pop("timeline", None)
+    if timeline:
+        pl.DataFrame(timeline).write_parquet(run_dir / "timeline.parquet")
     requests = pl.read_parquet(run_dir / "requests.parquet")
     storage = {name: self_hosted.storage_cost(name, byte_s)
                for name, byte_s in result.engine_stats.get("byte_seconds_by_tier", {}).items()}

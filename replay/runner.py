@@ -129,6 +129,7 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
                 children.setdefault(r["parent_id"], []).append(i)
     heapq.heapify(queue)
     limit = opts.limit if opts.limit is not None else math.inf
+    expect = getattr(engine, "expect", None)
     in_flight: dict[str, tuple[int, Request]] = {}
     result = ReplayResult()
     bar = tqdm(total=min(n, limit), unit="call", desc="replay", disable=not opts.progress or None)
@@ -146,7 +147,10 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
                     result.finished += 1
                     bar.update(1)
                     for child in children.pop(done.request_id, ()):
-                        heapq.heappush(queue, (done.finish_s + rows[child]["think_s"], next(seq), child))
+                        send = done.finish_s + rows[child]["think_s"]
+                        heapq.heappush(queue, (send, next(seq), child))
+                        if expect is not None:  # the engine may prefetch the child's prefix
+                            expect(request.session_id, request.sequence_blocks(), send)
                 continue
             t, _, i = heapq.heappop(queue)
             r = rows[i]

@@ -1,0 +1,179 @@
+"""One serving instance: iteration-level continuous batching over a tiered block cache.
+
+Each step decodes one token for every running sequence past its prefill, then spends the rest
+of the token budget on prefill chunks, admitting waiting calls FCFS while the budget, the cap
+on running sequences and free KV allow. Step time comes from ``Roofline.step_s``. A stretch in
+which only decode runs and nothing can change is planned as one block of steps
+(fast-forward) and cut short if a call arrives or a load finishes inside it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from engines.base import Request
+from engines.kv_cache import Acquired, BlockCache
+from engines.roofline import Roofline
+
+
+@dataclass(eq=False)  # identity, not field-by-field comparison: calls are looked up in lists
+class Seq:
+    """A call inside an instance."""
+
+    request: Request
+    blocks: object  # the prompt's block list at the engine's block size
+    arrival_s: float
+    target_tokens: int = 0  # tokens whose KV must exist before it decodes (its prompt, at first)
+    acquired: Acquired | None = None
+    prefill_left: int = 0
+    context: int = 0  # tokens whose KV exists (cached, loaded or computed)
+    decode_left: int = 0
+    private_blocks: int = 0  # decode KV outside the shared tree
+    loads_pending: int = 0
+    start_s: float | None = None
+    first_token_s: float | None = None
+    reused: dict[str, int] = field(default_factory=dict)
+    loaded_bytes: float = 0.0
+    load_s: float = 0.0
+    gpu_s: float = 0.0
+    preemptions: int = 0
+    swapped_tokens: int = 0  # KV written to the next tier by a swap-out, to load back
+    blocked_at_free: float | None = None  # free HBM blocks when it last failed to fit
+    prefilled: int = 0
+
+
+@dataclass
+class Step:
+    start_s: float
+    step_s: float
+    steps: int
+    chunks: list[tuple[Seq, int]]
+    decoding: list[Seq]
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.step_s * self.steps
+
+
+class Instance:
+    def __init__(self, index: int, cache: BlockCache, roofline: Roofline, block_size: int, tp: int,
+                 max_batched_tokens: int, max_running: int, overlap_load: bool) -> None:
+        self.index = index
+        self.cache = cache
+        self.roofline = roofline
+        self.bs = block_size
+        self.tp = tp
+        self.max_batched_tokens = max_batched_tokens
+        self.max_running = max_running
+        self.overlap_load = overlap_load
+        self.waiting: deque[Seq] = deque()
+        self.running: list[Seq] = []
+        self.step: Step | None = None
+
+    @property
+    def load(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def busy_until(self) -> float:
+        return self.step.end_s if self.step else math.inf
+
+    def ready(self, seq: Seq) -> bool:
+        return seq.loads_pending == 0 or self.overlap_load
+
+    # -- planning ---------------------------------------------------------------------------
+    def plan(self, now: float, admit, next_external_s: float) -> None:
+        """Start the next step (or block of decode steps) at ``now`` if there is work.
+
+        ``admit(seq, now)`` acquires a waiting call's blocks and starts its loads; it returns
+        False when the call's KV does not fit yet.
+        """
+        budget = self.max_batched_tokens
+        decoding = [s for s in self.running if s.prefill_left == 0 and s.decode_left > 0]
+        budget -= len(decoding)
+        chunks: list[tuple[Seq, int]] = []
+        for s in self.running:
+            if s.prefill_left > 0 and self.ready(s) and budget > 0:
+                c = min(s.prefill_left, budget)
+                chunks.append((s, c))
+                budget -= c
+        while self.waiting and budget > 0 and len(self.running) < self.max_running:
+            seq = self.waiting[0]
+            if not admit(seq, now):
+                break  # FCFS: the head waits for room, and so does everyone behind it
+            self.waiting.popleft()
+            self.running.append(seq)
+            if seq.prefill_left > 0 and self.ready(seq):
+                c = min(seq.prefill_left, budget)
+                chunks.append((seq, c))
+                budget -= c
+        if not chunks and not decoding:
+            self.step = None
+            return
+        mean_ctx = sum(s.context for s in decoding) / len(decoding) if decoding else 0.0
+        step_s = self.roofline.step_s([(c, s.context) for s, c in chunks], len(decoding), mean_ctx)
+        steps = 1
+        if not chunks:
+            # only decode runs and whoever waits cannot be admitted until a call finishes (or an
+            # outside event): fast-forward to the first finish or that event
+            steps = min(s.decode_left for s in decoding)
+            if next_external_s < math.inf and step_s > 0:
+                steps = max(1, min(steps, math.ceil((next_external_s - now) / step_s)))
+            room = self.cache.free_blocks()
+            if room < len(decoding) * 2:  # KV nearly full: go block boundary by block boundary
+                steps = min(steps, min(self.bs - s.context % self.bs for s in decoding))
+            mean_ctx += (steps - 1) / 2  # contexts grow one token a step: the mean is exact
+            step_s = self.roofline.step_s([], len(decoding), mean_ctx)
+        self.step = Step(now, step_s, steps, chunks, decoding)
+
+    def interrupt(self, now: float) -> None:
+        """Cut a block of decode steps at the first step boundary at or after ``now``."""
+        st = self.step
+        if st is None or st.steps <= 1 or st.chunks:
+            return
+        done = max(1, math.ceil((now - st.start_s) / st.step_s - 1e-9)) if st.step_s > 0 else 1
+        st.steps = min(st.steps, done)
+
+    @staticmethod
+    def emit_first_token(s: Seq, now: float) -> None:
+        s.first_token_s = now
+        s.decode_left = max(s.request.output_tokens - 1, 0)
+
+    # -- applying a finished step -----------------------------------------------------------
+    def apply(self) -> tuple[float, list[Seq], int]:
+        """Account the finished step; returns (end time, finished calls, new private blocks)."""
+        st = self.step
+        assert st is not None
+        end = st.end_s
+        busy = st.step_s * st.steps
+        share = busy * self.tp / max(len(st.chunks) + len(st.decoding), 1)
+        finished = []
+        grown = 0
+        for s, c in st.chunks:
+            s.prefill_left -= c
+            s.context += c
+            s.prefilled += c
+            s.gpu_s += share
+            if s.prefill_left > 0:
+                continue
+            if s.first_token_s is None:
+                if s.loads_pending:
+                    continue  # overlapped prefill done; the first token waits for the loads
+                self.emit_first_token(s, end)
+            if s.decode_left == 0:
+                finished.append(s)
+        for s in st.decoding:
+            before = s.context
+            s.context += st.steps
+            s.decode_left -= st.steps
+            s.gpu_s += share
+            new_blocks = s.context // self.bs - before // self.bs
+            s.private_blocks += new_blocks
+            grown += new_blocks
+            if s.decode_left == 0:
+                finished.append(s)
+        for s in finished:
+            self.running.remove(s)
+        self.step = None
+        return end, finished, grown
