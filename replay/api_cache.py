@@ -71,6 +71,31 @@ class ApiCharge:
     cost_usd: float
 
 
+class ModelPrices:
+    """Per-model list prices for billing reported usage; the longest model-name prefix wins."""
+
+    def __init__(self, table: Mapping[str, Mapping[str, float]]) -> None:
+        self.table = sorted(((k, dict(v)) for k, v in table.items()), key=lambda kv: -len(kv[0]))
+
+    def lookup(self, model: str | None) -> dict[str, float] | None:
+        for prefix, prices in self.table:
+            if model and model.startswith(prefix):
+                return prices
+        return None
+
+    def reported_cost(self, model: str | None, input_tokens: int, cached: int, written: int,
+                      output_tokens: int, ttl_s: float | None) -> float | None:
+        """The bill from reported usage: uncached input, cache writes at the TTL's price,
+        cache reads, output. None for a model without prices."""
+        p = self.lookup(model)
+        if p is None:
+            return None
+        write = p["cache_write_3600"] if (ttl_s or 300) >= 3600 else p["cache_write_300"]
+        uncached = input_tokens - cached - written
+        return (uncached * p["input"] + written * write + cached * p["cache_read"]
+                + output_tokens * p["output"]) / 1e6
+
+
 class ProviderPromptCache:
     """``Node.stamp`` holds each run's expiry time."""
 
@@ -80,7 +105,9 @@ class ProviderPromptCache:
         self.tree = RadixTree(1)
 
     def call(self, blocks: np.ndarray, now: float, input_tokens: int, output_tokens: int,
-             ttl_s: float | None = None) -> ApiCharge:
+             ttl_s: float | None = None, prices: dict[str, float] | None = None) -> ApiCharge:
+        """Bill one call sent at ``now``; ``prices`` (a ``ModelPrices`` entry) overrides the
+        configured model's, for recorded calls made with another model."""
         p = self.pricing
         ttl = p.ttl_s if ttl_s is None else ttl_s
         cacheable = input_tokens >= p.min_tokens
@@ -97,9 +124,20 @@ class ProviderPromptCache:
             self._store(blocks, now, now + ttl, refreshed_blocks=live)
         written = input_tokens - cached if (cacheable and p.write_billed) else 0
         uncached = input_tokens - cached - written
-        cost = (uncached * p.input_per_mtok + cached * p.cache_read_per_mtok
-                + written * p.write_price(ttl) + output_tokens * p.output_per_mtok) / 1e6
+        if prices is None:
+            rates = (p.input_per_mtok, p.cache_read_per_mtok, p.write_price(ttl), p.output_per_mtok)
+        else:
+            write = prices["cache_write_3600"] if ttl >= 3600 else prices["cache_write_300"]
+            rates = (prices["input"], prices["cache_read"], write, prices["output"])
+        cost = (uncached * rates[0] + cached * rates[1] + written * rates[2]
+                + output_tokens * rates[3]) / 1e6
         return ApiCharge(cached, written, cost)
+
+    def warm(self, blocks: np.ndarray, now: float, ttl_s: float | None = None) -> None:
+        """Mark ``blocks`` cached as of ``now``, unbilled: what a recorded trace says the provider
+        already held when the trace began (written by sessions before it)."""
+        if len(blocks):
+            self._store(blocks, now, now + (self.pricing.ttl_s if ttl_s is None else ttl_s), 0)
 
     def _store(self, blocks: np.ndarray, now: float, expiry: float, refreshed_blocks: int) -> None:
         path, matched = self.tree.descend(blocks)

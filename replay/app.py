@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from engines.base import Completion, Request
 from engines.specs import ConfigError
-from replay.api_cache import ApiPricing, ProviderPromptCache
+from replay.api_cache import ApiPricing, ModelPrices, ProviderPromptCache
 from replay.cost import SelfHostedPricing
 from replay.metrics import RequestsWriter
 from replay.runner import ReplayOptions, replay
@@ -77,10 +77,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                          progress=bool(r.progress))
     writer = RequestsWriter(run_dir / "requests.parquet", engine.tier_names)
     charges: dict[str, Any] = {}
+    warm_start = bool(cfg.replay.get("api_warm_start", True))
+    model_prices = ModelPrices(cfg.pricing.get("models") or {})
 
     def on_send(call: dict[str, Any], request: Request, t: float) -> None:
+        ttl = call["cache_ttl_s"]
+        reported = call["reported_cached_tokens"]
+        if warm_start and reported and call["kept_blocks"] == 0:
+            api.warm(request.blocks[: reported // meta.block_size], t, ttl)
         charges[request.request_id] = api.call(request.blocks, t, request.input_tokens,
-                                               request.output_tokens)
+                                               request.output_tokens, ttl, model_prices.lookup(call["model"]))
 
     def on_finish(call: dict[str, Any], request: Request, done: Completion) -> None:
         charge = charges.pop(request.request_id)
@@ -105,6 +111,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "api_no_reuse_cost_usd": api.pricing.no_reuse_cost(request.input_tokens, request.output_tokens),
             "reported_cached_tokens": call["reported_cached_tokens"],
             "reported_cache_write_tokens": call["reported_cache_write_tokens"],
+            "reported_api_cost_usd": model_prices.reported_cost(
+                call["model"], request.input_tokens, call["reported_cached_tokens"] or 0,
+                call["reported_cache_write_tokens"] or 0, request.output_tokens, call["cache_ttl_s"])
+            if call["reported_cached_tokens"] is not None else None,
         }
         writer.add(row)
 

@@ -28,6 +28,7 @@ def requests_schema(tier_names: list[str]) -> pa.Schema:
         ("api_cached_tokens", i64), ("api_cache_write_tokens", i64), ("api_cost_usd", f64),
         ("api_no_reuse_cost_usd", f64),
         ("reported_cached_tokens", i64), ("reported_cache_write_tokens", i64),
+        ("reported_api_cost_usd", f64),
     ]
     return pa.schema(fields)
 

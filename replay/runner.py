@@ -27,7 +27,7 @@ from traces.io import read_meta, scan
 MODES = ("open", "closed")
 COLUMNS = ["session_id", "request_id", "parent_id", "turn", "workload", "arrival_s", "think_s",
            "input_tokens", "output_tokens", "kept_blocks", "new_block_hashes",
-           "reported_cached_tokens", "reported_cache_write_tokens"]
+           "reported_cached_tokens", "reported_cache_write_tokens", "cache_ttl_s", "model"]
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,11 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], storage_usd: dict[s
         "api_saving": _saving(api_usd, base_api_usd),
     }
     if reported.len():
+        recorded = df.filter(pl.col("reported_cached_tokens").is_not_null())
         summary["reported_cached_tokens"] = int(reported.sum())
+        summary["simulated_cached_tokens_where_reported"] = int(recorded["api_cached_tokens"].sum())
+        summary["reported_api_usd"] = float(recorded["reported_api_cost_usd"].fill_null(0).sum())
+        summary["simulated_api_usd_where_reported"] = float(recorded["api_cost_usd"].sum())
     return summary
 
 

@@ -32,6 +32,7 @@ def row(session_id: str, turn: int, input_tokens: int, new: list[int], *, parent
         "model": None,
         "reported_cached_tokens": None,
         "reported_cache_write_tokens": None,
+        "cache_ttl_s": None,
     }
     base.update(extra)
     return base

@@ -109,5 +109,57 @@ def validate(file: str) -> None:
     click.echo(f"ok: {pq.ParquetFile(file).metadata.num_rows} requests")
 
 
+@main.command(name="import")
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(
+    ["mooncake", "bailian", "weka", "claude-code", "codex", "azure"]))
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trace file to write.")
+@click.option("--block-size", type=click.IntRange(min=1), help="Tokens per block (default: the "
+              "format's: mooncake 512, bailian 16, others 64).")
+@click.option("--strict", is_flag=True, help="Stop at the first bad line instead of skipping it.")
+def import_(fmt: str, paths: tuple[str, ...], out: str, block_size: int | None, strict: bool) -> None:
+    """Import recorded calls from FORMAT files or folders into a trace.
+
+    \b
+    mooncake     Mooncake FAST'25 / AIPerf mooncake_trace JSONL
+    bailian      Alibaba qwen-bailian-usagetraces-anon JSONL
+    weka         SemiAnalysis Claude Code session traces (cc-traces-weka-*)
+    claude-code  Claude Code transcripts (default: ~/.claude/projects, ~/.config/claude/projects,
+                 or $CLAUDE_CONFIG_DIR/projects)
+    codex        Codex CLI rollouts (~/.codex/sessions/YYYY/MM/DD/rollout-*.jsonl)
+    azure        AzurePublicDataset CSV (TIMESTAMP, ContextTokens, GeneratedTokens)
+
+    Bad lines are skipped, counted and reported (file:line and reason); --strict stops at the
+    first. The output appears only when the import completes.
+    """
+    from traces.importers import import_trace
+
+    if not paths and fmt != "claude-code":
+        raise click.UsageError(f"{fmt} needs at least one PATH")
+    written, problems = import_trace(fmt, list(paths), out, block_size, strict)
+    report = problems.report()
+    if report:
+        click.echo(report, err=True)
+    click.echo(f"wrote {written} calls to {out}")
+
+
+@main.group()
+def export() -> None:
+    """Export a trace for other tools."""
+
+
+@export.command(name="mooncake")
+@click.argument("file", type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write.")
+@click.option("--block-size", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Tokens per hash id; a multiple of the trace's block size.")
+def export_mooncake(file: str, out: str, block_size: int) -> None:
+    """Write FILE as AIPerf-compatible Mooncake JSONL (with session_id and delay)."""
+    from traces.export import export_mooncake as run_export
+
+    n = run_export(file, out, block_size)
+    click.echo(f"wrote {n} calls to {out}")
+
+
 if __name__ == "__main__":
     main()

@@ -36,11 +36,15 @@ SCHEMA = pa.schema(
         ("model", pa.string()),
         ("reported_cached_tokens", pa.int32()),
         ("reported_cache_write_tokens", pa.int32()),
+        # recorded traces: the prompt-cache TTL the agent asked for (Claude Code's usage breakdown
+        # tells 5-minute from 1-hour writes); null: the pricing config's default
+        ("cache_ttl_s", pa.float64()),
     ]
 )
 
 COLUMNS = tuple(SCHEMA.names)
-NULLABLE = frozenset({"parent_id", "model", "reported_cached_tokens", "reported_cache_write_tokens"})
+NULLABLE = frozenset({"parent_id", "model", "reported_cached_tokens", "reported_cache_write_tokens",
+                      "cache_ttl_s"})
 
 # What a prompt segment may be: the kinds DESIGN.md names, plus "unknown" for importers that only
 # see token counts.

@@ -1,0 +1,76 @@
+"""SemiAnalysis Claude Code session traces (cc-traces-weka-*): one JSON session per line,
+{id, models, block_size, hash_id_scope, requests: [{t, model, in, out, hash_ids, api_time, ttft,
+think_time, type}, ...]}, with subagent groups {type: "subagent", agent_id, subagent_type,
+requests: [...]} nested one level.
+
+hash_id_scope "local" means ids compare only within a session, so they are salted by the
+session id before mapping to uint64. Each group is a chain in time order; a subagent's first
+call hangs off the main call sent just before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from traces.hashing import string_key
+from traces.importers.common import Call, Problems, Skip, expand_paths, need, need_ids, read_jsonl
+from traces.importers.mooncake import ids_to_blocks
+
+DEFAULT_BLOCK_SIZE = 64
+WORKLOAD = "claude_code"
+
+
+def parse(paths: list[str], block_size: int, problems: Problems) -> list[Call]:
+    calls: list[Call] = []
+    for path in expand_paths(paths):
+        for number, obj in read_jsonl(path, problems):
+            try:
+                calls.extend(_session(obj, block_size))
+            except Skip as exc:
+                problems.add(str(path), number, str(exc))
+    return calls
+
+
+def _session(obj: dict[str, Any], bs: int) -> list[Call]:
+    session = str(need(obj, "id", (str, int)))
+    file_bs = need(obj, "block_size", int, 1)
+    if file_bs != bs:
+        raise Skip(f"block_size {file_bs} differs from the import's {bs} (pass --block-size {file_bs})")
+    salt = string_key(session) if obj.get("hash_id_scope", "local") == "local" else 0
+    main: list[Call] = []
+    groups: list[tuple[str, list[Call]]] = []
+    for i, req in enumerate(need(obj, "requests", list)):
+        if not isinstance(req, dict):
+            raise Skip(f"requests[{i}] is not an object")
+        if req.get("type") == "subagent":
+            agent = str(req.get("agent_id", i))
+            sub = [_request(r, session, f"{session}/{agent}/{j}", bs, salt, "subagent")
+                   for j, r in enumerate(need(req, "requests", list))]
+            groups.append((agent, sub))
+        else:
+            main.append(_request(req, session, f"{session}/{i}", bs, salt, "main"))
+    _chain(main)
+    for _, sub in groups:
+        _chain(sub)
+        if sub:
+            before = [c for c in main if c.arrival_s <= sub[0].arrival_s]
+            sub[0].parent_id = before[-1].request_id if before else None
+    return main + [c for _, sub in groups for c in sub]
+
+
+def _request(r: dict[str, Any], session: str, rid: str, bs: int, salt: int, agent: str) -> Call:
+    if not isinstance(r, dict):
+        raise Skip(f"request {rid} is not an object")
+    n_in = need(r, "in", int, 1)
+    think = r.get("think_time")
+    if think is not None and (isinstance(think, bool) or not isinstance(think, (int, float)) or think < 0):
+        raise Skip(f"request {rid}: think_time should be a number >= 0")
+    return Call(session, rid, float(need(r, "t", (int, float), 0)), n_in, need(r, "out", int, 0),
+                ids_to_blocks(need_ids(r, "hash_ids"), n_in // bs, salt), agent=agent,
+                think_s=float(think) if think is not None else None, model=r.get("model"))
+
+
+def _chain(calls: list[Call]) -> None:
+    calls.sort(key=lambda c: c.arrival_s)
+    for prev, c in zip(calls, calls[1:], strict=False):
+        c.parent_id = prev.request_id
