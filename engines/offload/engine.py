@@ -301,8 +301,10 @@ class OffloadEngine:
 
     # -- steps ------------------------------------------------------------------------------
     def _plan(self, inst: Instance, now: float) -> None:
-        nxt = min(self._next_transfer(), self._prefetches[0][0] if self._prefetches else math.inf)
-        inst.plan(now, lambda seq, t: self._admit(inst, seq, t), nxt)
+        def next_external() -> float:
+            return min(self._next_transfer(), self._prefetches[0][0] if self._prefetches else math.inf)
+
+        inst.plan(now, lambda seq, t: self._admit(inst, seq, t), next_external)
 
     def _end_step(self, inst: Instance) -> None:
         end, finished, grown = inst.apply()

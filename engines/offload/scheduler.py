@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engines.base import Request
@@ -83,7 +84,7 @@ class Instance:
         return seq.loads_pending == 0 or self.overlap_load
 
     # -- planning ---------------------------------------------------------------------------
-    def plan(self, now: float, admit, next_external_s: float) -> None:
+    def plan(self, now: float, admit, next_external: Callable[[], float]) -> None:
         """Start the next step (or block of decode steps) at ``now`` if there is work.
 
         ``admit(seq, now)`` acquires a waiting call's blocks and starts its loads; it returns
@@ -118,6 +119,7 @@ class Instance:
             # only decode runs and whoever waits cannot be admitted until a call finishes (or an
             # outside event): fast-forward to the first finish or that event
             steps = min(s.decode_left for s in decoding)
+            next_external_s = next_external()  # after admission: its loads count too
             if next_external_s < math.inf and step_s > 0:
                 steps = max(1, min(steps, math.ceil((next_external_s - now) / step_s)))
             room = self.cache.free_blocks()
