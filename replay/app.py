@@ -137,6 +137,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         interrupted=result.interrupted, calls_sent=result.sent, engine_stats=result.engine_stats,
     )
     write_summary(summary, run_dir / "summary.json")
+    if cfg.get("plots", True):
+        from replay.plots import run_plots
+
+        run_plots(run_dir, summary, engine.tier_names, self_hosted.gpu_hour_usd)
     return summary
 
 
