@@ -88,12 +88,15 @@ class BlockCache:
     ``admit_min_uses``: a leaf run used fewer times is dropped from HBM instead of written down.
     ``inclusive``: blocks are written to the next tier when stored (write-through), so demotion
     moves nothing; ``on_drop(hashes)`` receives runs the last tier lets go (full block lists).
+    ``on_move(hashes, src, dst)`` hears of every block that enters or leaves a tier (src None:
+    newly stored; dst None: dropped), for an engine that holds the real KV (engines.torch_engine).
     """
 
     def __init__(self, capacities: Sequence[float], names: Sequence[str] | None = None,
                  policy: str = "lru", policy_params: dict[str, float] | None = None,
                  admit_min_uses: int = 0, inclusive: bool = False,
-                 on_drop: Callable[[np.ndarray, float], None] | None = None) -> None:
+                 on_drop: Callable[[np.ndarray, float], None] | None = None,
+                 on_move: Callable[[np.ndarray, int | None, int | None], None] | None = None) -> None:
         if not capacities:
             raise ValueError("a block cache needs at least one tier")
         if policy not in POLICIES:
@@ -110,6 +113,7 @@ class BlockCache:
         self.admit_min_uses = int(admit_min_uses)
         self.inclusive = bool(inclusive)
         self.on_drop = on_drop
+        self.on_move = on_move
         self.clock = 0.0
         self._heaps: list[list[tuple[float, int, Node]]] = [[] for _ in range(self.n_tiers)]
         self._seq = itertools.count()
@@ -155,13 +159,7 @@ class BlockCache:
         for t in range(1, self.n_tiers):
             self.stats[t].loaded += hits[t]
         for node in path:  # promote every matched block into HBM
-            if node.tier_end[0] == len(node):
-                continue
-            for t in range(1, self.n_tiers):
-                moved = node.count_in_tier(t)
-                self.used[t] -= moved
-                self.used[0] += moved
-            node.tier_end = [len(node)] * self.n_tiers
+            self._raise_to_hbm(node)
         leaf = path[-1] if path else self.tree.root
         if matched < len(hashes):
             leaf = self._store(leaf, hashes[matched:], now)
@@ -210,8 +208,25 @@ class BlockCache:
             self._push_all(node)
         self._evict_all()
 
+    def _raise_to_hbm(self, node: Node) -> list[int]:
+        """Move a run's blocks held in lower tiers up to HBM; returns the count from each tier."""
+        moved = [0] * self.n_tiers
+        if node.tier_end[0] == len(node):
+            return moved
+        for t in range(1, self.n_tiers):
+            lo, hi = node.tier_end[t - 1], node.tier_end[t]
+            moved[t] = hi - lo
+            self.used[t] -= moved[t]
+            self.used[0] += moved[t]
+            if self.on_move is not None and moved[t]:
+                self.on_move(node.hashes[lo:hi], t, 0)
+        node.tier_end = [len(node)] * self.n_tiers
+        return moved
+
     def _store(self, parent: Node, hashes: np.ndarray, now: float) -> Node:
         """New blocks into tier 0 below ``parent`` (growing it in place when it can)."""
+        if self.on_move is not None and len(hashes):
+            self.on_move(hashes, None, 0)
         node = self.tree.add(parent, hashes, now)
         n = len(hashes)
         if node.pins:
@@ -256,12 +271,8 @@ class BlockCache:
         for node in path:
             if node.tier_end[0] == len(node):
                 continue
-            for t in range(1, self.n_tiers):
-                n = node.count_in_tier(t)
+            for t, n in enumerate(self._raise_to_hbm(node)):
                 moved[t] += n
-                self.used[t] -= n
-                self.used[0] += n
-            node.tier_end = [len(node)] * self.n_tiers
             node.stamp = now
             if node.pins == 0:
                 self._push_all(node)
@@ -302,6 +313,9 @@ class BlockCache:
             parent = node.parent
             drop = last or (t == 0 and node.uses < self.admit_min_uses and not node.children
                             and node.tier_end[0] == len(node))
+            if self.on_move is not None:
+                end = node.tier_end[t]
+                self.on_move(node.hashes[end - k:end], t, None if drop else t + 1)
             if not drop:
                 node.tier_end[t] -= k
                 self.used[t + 1] += k

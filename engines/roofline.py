@@ -1,10 +1,12 @@
 """Closed-form time of prefill, decode steps and KV loads: the one roofline every engine uses.
 
-Prefill FLOPs: 2 x active params per new token, plus attention: QK^T and AV each cost
+Prefill FLOPs: 2 x active params per new token (dense), plus attention: QK^T and AV each cost
 2 x width per (query, key) pair per layer, and n new tokens after c cached ones make
 n*c + n^2/2 causal pairs. A forward pass reads the (active) weights once and the cached KV,
-and writes the new KV; time is the larger of FLOPs and bytes over their derated peaks.
-A decode step of b sequences reads the weights once and every sequence's KV.
+and writes the new KV; time is the larger of compute (dense and attention FLOPs over their
+derated peaks) and bytes over the derated bandwidth. A decode step of b sequences reads the
+weights once and every sequence's KV. Each forward pass also pays the hardware's fixed
+``overhead_s`` (0 on GPUs unless calibrated; large on a CPU).
 """
 
 from __future__ import annotations
@@ -12,17 +14,31 @@ from __future__ import annotations
 from engines.specs import HardwareSpec, ModelSpec, TierSpec
 
 
-def prefill_flops(model: ModelSpec, new_tokens: float, cached_tokens: float = 0) -> float:
+def attention_flops(model: ModelSpec, pairs: float) -> float:
+    """QK^T and AV over ``pairs`` (query, key) pairs, every layer."""
+    return 4.0 * model.layers * model.attention_width * pairs
+
+
+def prefill_flops_split(model: ModelSpec, new_tokens: float, cached_tokens: float = 0) -> tuple[float, float]:
+    """(dense, attention) FLOPs of prefilling ``new_tokens`` after ``cached_tokens``."""
     n, c = float(new_tokens), float(cached_tokens)
-    return 2.0 * model.active_params * n + 4.0 * model.layers * model.attention_width * (n * c + n * n / 2.0)
+    return 2.0 * model.active_params * n, attention_flops(model, n * c + n * n / 2.0)
+
+
+def prefill_flops(model: ModelSpec, new_tokens: float, cached_tokens: float = 0) -> float:
+    return sum(prefill_flops_split(model, new_tokens, cached_tokens))
 
 
 def prefill_bytes(model: ModelSpec, new_tokens: float, cached_tokens: float = 0) -> float:
     return model.active_weight_bytes + model.kv_bytes_per_token * (cached_tokens + new_tokens)
 
 
+def decode_flops_split(model: ModelSpec, batch: int, context_tokens: float) -> tuple[float, float]:
+    return batch * 2.0 * model.active_params, attention_flops(model, batch * context_tokens)
+
+
 def decode_step_flops(model: ModelSpec, batch: int, context_tokens: float) -> float:
-    return batch * (2.0 * model.active_params + 4.0 * model.layers * model.attention_width * context_tokens)
+    return sum(decode_flops_split(model, batch, context_tokens))
 
 
 def decode_step_bytes(model: ModelSpec, batch: int, context_tokens: float) -> float:
@@ -35,21 +51,26 @@ class Roofline:
     def __init__(self, model: ModelSpec, hw: HardwareSpec, tp: int) -> None:
         self.model = model
         self.hw = hw
-        self.flops_per_s = tp * hw.flops * hw.flops_efficiency
+        self.dense_per_s = tp * hw.flops * hw.flops_efficiency
+        self.attention_per_s = tp * hw.flops * hw.attention_efficiency
         self.bytes_per_s = tp * hw.hbm_bw * hw.hbm_efficiency
+
+    def _time(self, dense: float, attention: float, nbytes: float) -> float:
+        compute = dense / self.dense_per_s + attention / self.attention_per_s
+        return self.hw.overhead_s + max(compute, nbytes / self.bytes_per_s)
 
     def prefill_s(self, new_tokens: float, cached_tokens: float = 0) -> float:
         """Time to prefill ``new_tokens`` after ``cached_tokens``."""
         if new_tokens <= 0:
             return 0.0
-        return max(prefill_flops(self.model, new_tokens, cached_tokens) / self.flops_per_s,
-                   prefill_bytes(self.model, new_tokens, cached_tokens) / self.bytes_per_s)
+        return self._time(*prefill_flops_split(self.model, new_tokens, cached_tokens),
+                          prefill_bytes(self.model, new_tokens, cached_tokens))
 
     def decode_step_s(self, batch: int, context_tokens: float) -> float:
         """One decode step of ``batch`` sequences of ``context_tokens`` each."""
         batch = max(int(batch), 1)
-        return max(decode_step_flops(self.model, batch, context_tokens) / self.flops_per_s,
-                   decode_step_bytes(self.model, batch, context_tokens) / self.bytes_per_s)
+        return self._time(*decode_flops_split(self.model, batch, context_tokens),
+                          decode_step_bytes(self.model, batch, context_tokens))
 
     def step_s(self, prefill_chunks: list[tuple[int, int]], decode_batch: int = 0,
                decode_context_tokens: float = 0.0) -> float:
@@ -57,16 +78,18 @@ class Roofline:
         the sequence) and ``decode_batch`` sequences decoding one token each at a mean context
         of ``decode_context_tokens``; the weights are read once for the whole step."""
         m = self.model
-        flops = nbytes = 0.0
+        dense = attention = nbytes = 0.0
         for n, c in prefill_chunks:
-            flops += prefill_flops(m, n, c)
+            d, a = prefill_flops_split(m, n, c)
+            dense, attention = dense + d, attention + a
             nbytes += prefill_bytes(m, n, c) - m.active_weight_bytes
         if decode_batch:
-            flops += decode_step_flops(m, decode_batch, decode_context_tokens)
+            d, a = decode_flops_split(m, decode_batch, decode_context_tokens)
+            dense, attention = dense + d, attention + a
             nbytes += decode_step_bytes(m, decode_batch, decode_context_tokens) - m.active_weight_bytes
-        if not flops:
+        if not dense:
             return 0.0
-        return max(flops / self.flops_per_s, (nbytes + m.active_weight_bytes) / self.bytes_per_s)
+        return self._time(dense, attention, nbytes + m.active_weight_bytes)
 
     def load_s(self, tier: TierSpec, bytes_per_gpu: float) -> float:
         """Bring KV from ``tier`` into HBM: every GPU loads its own shard over its own link, in

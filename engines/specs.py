@@ -100,6 +100,8 @@ class HardwareSpec:
     hbm_efficiency: float
     link_efficiency: float
     power_w: float
+    overhead_s: float = 0.0  # fixed cost of one forward pass (kernel launches, Python); 0 on GPUs
+    attention_efficiency: float = 0.0  # share of peak that attention reaches; 0: as the dense part
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> HardwareSpec:
@@ -115,9 +117,11 @@ class HardwareSpec:
             hbm_efficiency=float(_need(eff, "hbm", where + " efficiency")),
             link_efficiency=float(_need(eff, "link", where + " efficiency")),
             power_w=float(cfg.get("power_w") or 0.0),
+            overhead_s=float(cfg.get("overhead_s") or 0.0),
+            attention_efficiency=float(eff.get("attention") or eff["flops"]),
         )
         for label, v in (("flops", spec.flops_efficiency), ("hbm", spec.hbm_efficiency),
-                         ("link", spec.link_efficiency)):
+                         ("link", spec.link_efficiency), ("attention", spec.attention_efficiency)):
             if not 0 < v <= 1:
                 raise ConfigError(f"{where}: efficiency.{label} must be in (0, 1], got {v}")
         return spec

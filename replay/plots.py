@@ -56,10 +56,12 @@ def reuse_by_turn(requests: pl.DataFrame, summary: dict[str, Any], tiers: list[s
                                                           return_dtype=pl.Int32).alias("i")).sort("i")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     bottom = np.zeros(agg.height)
+    x = np.arange(len(order))
     for t in tiers:
         share = (agg[f"reused_tokens_{t}"] / agg["input_tokens"]).to_numpy()
-        ax.bar(order, share, bottom=bottom, label=f"from {t}")
+        ax.bar(x, share, bottom=bottom, label=f"from {t}")
         bottom += share
+    ax.set_xticks(x, order)
     ax.set_ylim(0, 1)
     ax.set_xlabel("turn index within the session")
     ax.set_ylabel("share of input tokens reused")

@@ -1,0 +1,159 @@
+"""Fit the analytic model's hardware factors to the torch engine's measured times.
+
+Calls replayed on the torch engine itself: prefill over a grid of new and cached lengths (TTFT,
+admission included), decode over batch sizes (TPOT). ``fit`` turns them into the analytic
+model's flops and attention efficiencies, per-forward overhead and hbm efficiency. Writes
+conf/hardware/<name>_calibrated.yaml (``replay-calibrate --help``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from engines.base import Request
+from engines.roofline import decode_step_bytes, prefill_flops_split
+from engines.specs import HardwareSpec, ModelSpec
+from engines.torch_engine.engine import TorchEngine
+from traces.hashing import chain_hashes
+
+PREFILL_GRID = [(n, c) for c in (0, 512, 1024, 2048) for n in (32, 64, 128, 256, 512, 1024)]
+DECODE_GRID = [(b, 512) for b in (1, 2, 4, 8, 16)]
+
+
+def _conf(group: str, name: str) -> dict[str, Any]:
+    text = resources.files("conf").joinpath(group, f"{name}.yaml").read_text()
+    return OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+
+
+def _request(rid: str, blocks: np.ndarray, input_tokens: int, output_tokens: int, bs: int) -> Request:
+    return Request(rid, rid, 0, "calibration", 0.0, input_tokens, output_tokens, blocks, bs)
+
+
+def measure(model_cfg: Mapping[str, Any], hw_cfg: Mapping[str, Any], repeats: int = 5, seed: int = 0,
+            device: str = "cpu", block_size: int = 64) -> dict[str, list[tuple[int, int, float]]]:
+    """Median TTFT of prefill points (new, cached) and TPOT of decode points (batch, context),
+    measured on the torch engine itself, admission and token generation included."""
+    engine = TorchEngine(model_cfg, hw_cfg, {}, 1, 1, block_size, pool_blocks=4096, seed=seed,
+                         device=device, max_batched_tokens=4096, max_running=64)
+    bs = block_size
+    keys = iter(range(1, 10**9, 10**5))
+
+    def fresh(n_blocks: int) -> np.ndarray:
+        return chain_hashes(None, np.arange(n_blocks, dtype=np.uint64) + np.uint64(next(keys)))
+
+    def play(requests: list[Request], at: float) -> list:
+        for r in requests:
+            engine.submit(r, at)
+        done = []
+        while len(done) < len(requests):
+            done += engine.advance(engine.next_event_time())
+        return done
+
+    out: dict[str, list[tuple[int, int, float]]] = {"prefill": [], "decode": []}
+    clock = 0.0
+    play([_request("warm", fresh(8), 8 * bs, 2, bs)], clock)  # first-call costs out of the way
+    for n, c in PREFILL_GRID:
+        times = []
+        for r in range(repeats):
+            prefix = fresh(c // bs)
+            clock += 1000.0
+            if c:
+                play([_request(f"p{n}-{c}-{r}-a", prefix, c + 1, 1, bs)], clock)
+            clock += 1000.0
+            blocks = np.concatenate([prefix, fresh(n // bs)])
+            done = play([_request(f"p{n}-{c}-{r}-b", blocks, c + n, 1, bs)], clock)
+            times.append(done[0].first_token_s - clock)
+        out["prefill"].append((n, c, statistics.median(times)))
+    for b, ctx in DECODE_GRID:
+        clock += 1000.0
+        steps = 9
+        done = play([_request(f"d{b}-{i}", fresh(ctx // bs), ctx, steps, bs) for i in range(b)], clock)
+        tpot = [(d.finish_s - d.first_token_s) / (steps - 1) for d in done]
+        out["decode"].append((b, ctx, statistics.median(tpot)))
+    return out
+
+
+Points = Mapping[str, list[tuple[int, int, float]]]
+
+
+def fit(model: ModelSpec, hw: HardwareSpec, points: Points) -> dict[str, float]:
+    """Factors that make the roofline match ``points`` (tp=1). Prefill time = dense FLOPs /
+    (peak x flops efficiency) + attention FLOPs / (peak x attention efficiency) + overhead, by
+    least squares on relative error; then decode time less the overhead = bytes / (bandwidth x
+    hbm efficiency), the median over the decode points."""
+    split = np.array([prefill_flops_split(model, n, c) for n, c, _ in points["prefill"]])
+    times = np.array([t for _, _, t in points["prefill"]])
+    design = np.column_stack([split, np.ones(len(times))]) / times[:, None]
+    (inv_dense, inv_attention, overhead), *_ = np.linalg.lstsq(design, np.ones(len(times)), rcond=None)
+    overhead = max(float(overhead), 0.0)
+    dense_rate = 1.0 / max(float(inv_dense), 1e-30)
+    attention_rate = 1.0 / max(float(inv_attention), 1e-30)
+    peak = max(hw.flops, dense_rate, attention_rate)  # a peak below what we measured was wrong
+    decode_eff = [decode_step_bytes(model, b, ctx) / (max(t - overhead, 1e-9) * hw.hbm_bw)
+                  for b, ctx, t in points["decode"]]
+    return {"flops": float(peak), "flops_efficiency": float(dense_rate / peak),
+            "attention_efficiency": float(attention_rate / peak),
+            "hbm_efficiency": float(min(max(statistics.median(decode_eff), 1e-4), 1.0)),
+            "overhead_s": overhead}
+
+
+def write_calibrated(hw_cfg: Mapping[str, Any], fitted: Mapping[str, float], model_name: str,
+                     out: Path) -> Path:
+    cfg = dict(hw_cfg)
+    cfg["name"] = f"{hw_cfg['name']}_calibrated"
+    cfg["flops"] = fitted["flops"]
+    cfg["efficiency"] = {**dict(hw_cfg["efficiency"]), "flops": round(fitted["flops_efficiency"], 4),
+                         "attention": round(fitted["attention_efficiency"], 4),
+                         "hbm": round(fitted["hbm_efficiency"], 4)}
+    cfg["overhead_s"] = round(fitted["overhead_s"], 6)
+    header = (f"# Calibrated by replay-calibrate against the torch engine running model {model_name}\n"
+              f"# on {torch.get_num_threads()} threads; refit on the machine you simulate.\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    return out
+
+
+@click.command()
+@click.option("--model", "model_name", default="small", show_default=True, help="A conf/model name.")
+@click.option("--hardware", "hw_name", default="cpu", show_default=True, help="A conf/hardware name.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (as engine.threads).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Default: conf/hardware/<hardware>_calibrated.yaml inside the package.")
+def main(model_name: str, hw_name: str, device: str, repeats: int, threads: int | None,
+         out: Path | None) -> None:
+    """Time prefill and decode of the torch engine's model and fit the analytic hardware model.
+
+    Then `replay hardware=<hardware>_calibrated model=<model>` predicts what the torch engine
+    measures.
+    """
+    try:
+        model_cfg, hw_cfg = _conf("model", model_name), _conf("hardware", hw_name)
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"no such config: {exc.filename}") from None
+    if threads:
+        torch.set_num_threads(threads)
+    points = measure(model_cfg, hw_cfg, repeats, device=device)
+    fitted = fit(ModelSpec.from_cfg(model_cfg), HardwareSpec.from_cfg(hw_cfg), points)
+    if out is None:
+        out = Path(str(resources.files("conf").joinpath("hardware", f"{hw_name}_calibrated.yaml")))
+    for kind, rows in points.items():
+        for a, b, t in rows:
+            click.echo(f"{kind:8} {a:6} {b:6} {t * 1000:9.2f} ms")
+    click.echo(" ".join(f"{k}={v:.4g}" for k, v in fitted.items()))
+    click.echo(f"wrote {write_calibrated(hw_cfg, fitted, model_name, out)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The torch engine: replays calls on a real model with a real paged KV cache.
+
+Admission is FCFS and reserves a call's whole KV (prompt and output) up front, so nothing is
+ever preempted. A call's cached prefix (found through the shared block cache by chained hash)
+is loaded into the pool if it sits in the CPU or disk tier; only the tokens after it are
+prefilled, in chunks; then it decodes exactly output_tokens tokens greedily, batched with the
+other running calls. Every step is timed (CUDA events on a GPU, a synchronised clock on the
+CPU) and the measured time drives the replay's virtual clock, so think time costs no wall time.
+Token ids come from the hashes: a block's ids are drawn from a generator seeded by its hash (a
+prompt's partial last block from its request id), so equal prefixes are equal tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.base import Completion, Request
+from engines.kv_cache import Acquired, BlockCache
+from engines.roofline import Roofline
+from engines.specs import ConfigError, HardwareSpec, ModelSpec
+from engines.torch_engine.kv_pool import KVPool, TieredKV
+from engines.torch_engine.model import ModelArgs, SeqSlice, Transformer, load_hf_checkpoint
+from traces.hashing import reblock, string_key
+
+
+def block_tokens(h: int, block_size: int, vocab: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(h & (2**63 - 1))
+    return torch.randint(0, vocab, (block_size,), generator=g)
+
+
+def prompt_tokens(blocks: np.ndarray, request_id: str, input_tokens: int, block_size: int,
+                  vocab: int, start: int = 0) -> torch.Tensor:
+    """Token ids of prompt positions [start, input_tokens)."""
+    parts = [block_tokens(int(h), block_size, vocab) for h in blocks[start // block_size:]]
+    tail = input_tokens - len(blocks) * block_size
+    if tail:
+        parts.append(block_tokens(string_key(request_id + "/tail"), block_size, vocab)[:tail])
+    ids = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+    return ids[start % block_size:] if parts else ids
+
+
+class Timer:
+    """Wall time of a piece of work: CUDA events on a GPU, a synchronised clock on the CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+
+    def __enter__(self) -> Timer:
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self.end.record()
+            torch.cuda.synchronize()
+            self.seconds = self.start.elapsed_time(self.end) / 1000.0
+        else:
+            self.seconds = time.perf_counter() - self.t0
+
+
+@dataclass(eq=False)
+class Call:
+    request: Request
+    blocks: np.ndarray
+    arrival_s: float
+    acquired: Acquired | None = None
+    slots: torch.Tensor | None = None  # pool blocks covering every position of the call
+    private: list[int] = field(default_factory=list)
+    context: int = 0
+    next_token: int = 0
+    decoded: int = 0
+    start_s: float = 0.0
+    first_token_s: float | None = None
+    reused: dict[str, int] = field(default_factory=dict)
+    loaded_bytes: float = 0.0
+    gpu_s: float = 0.0
+
+
+class TorchEngine:
+    def __init__(self, model: Mapping[str, Any], hardware: Mapping[str, Any], cache: Mapping[str, Any],
+                 tp: int, instances: int, trace_block_size: int, block_size: int | None = None,
+                 pool_blocks: int = 2048, cpu_blocks: int = 0, disk_blocks: int = 0,
+                 max_batched_tokens: int = 2048, max_running: int = 16, checkpoint: str | None = None,
+                 seed: int = 0, device: str = "auto", cache_output_blocks: bool = True,
+                 disk_dir: str | None = None, threads: int | None = None) -> None:
+        if int(instances) != 1:
+            raise ConfigError("the torch engine runs one instance (instances=1)")
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        if threads:
+            torch.set_num_threads(int(threads))
+        if checkpoint:
+            self.model = load_hf_checkpoint(checkpoint, self.device, self.dtype)
+        else:
+            self.model = Transformer(ModelArgs.from_model_cfg(model))
+            self.model.init_random(int(seed))
+            self.model = self.model.to(self.device, self.dtype)
+        self.model.eval()
+        self.args = self.model.a
+        self.block_size = int(block_size or trace_block_size)
+        if self.block_size % trace_block_size:
+            raise ConfigError(f"engine.block_size {self.block_size} must be a multiple of the trace's "
+                              f"block size {trace_block_size}")
+        self.factor = self.block_size // trace_block_size
+        self.pool = KVPool(self.args, int(pool_blocks), self.block_size, self.device, self.dtype)
+        self.kv = TieredKV(self.pool, Path(disk_dir) if disk_dir else Path("kv_disk"))
+        capacities = [int(pool_blocks)] + [int(b) for b in (cpu_blocks, disk_blocks) if b]
+        names = ["hbm", "cpu", "disk"][: len(capacities)]
+        self.cache = BlockCache(capacities, names, str(cache.get("eviction", "lru")), on_move=self.kv.move)
+        self.tier_names = names
+        self.max_batched_tokens = int(max_batched_tokens)
+        self.max_running = int(max_running)
+        self.cache_output_blocks = bool(cache_output_blocks)
+        self.roofline = Roofline(ModelSpec.from_cfg(model), HardwareSpec.from_cfg(hardware), int(tp))
+        self.timer = lambda: Timer(self.device)  # noqa: E731
+        self._warm_up()
+        self.waiting: deque[Call] = deque()
+        self.running: list[Call] = []
+        self.clock = 0.0
+        self.step_end: float | None = None
+        self._finished: list[Call] = []
+
+    def _warm_up(self) -> None:
+        """One throwaway forward, so the first call's TTFT is not a cold-start artifact (lazy
+        kernel selection, allocator growth)."""
+        slots = torch.arange(min(4, self.pool.num_blocks), device=self.device)
+        tokens = torch.zeros(min(2 * self.block_size, 128), dtype=torch.long, device=self.device)
+        self.model(tokens, [SeqSlice(0, len(tokens), 0, slots)], self.pool.k, self.pool.v, self.block_size)
+
+    # -- the protocol -----------------------------------------------------------------------
+    def submit(self, request: Request, now: float) -> None:
+        blocks = reblock(request.blocks, self.factor) if self.factor > 1 else request.blocks
+        self.waiting.append(Call(request, blocks, now))
+        if self.step_end is None:
+            self.clock = max(self.clock, now)
+            self._step()
+
+    def next_event_time(self) -> float | None:
+        return self.step_end
+
+    def advance(self, until: float) -> list[Completion]:
+        done: list[Completion] = []
+        while self.step_end is not None and self.step_end <= until:
+            self.clock = self.step_end
+            done.extend(self._complete(c) for c in self._finished)
+            self._finished = []
+            self._step()
+        return done
+
+    def stats(self) -> dict[str, Any]:
+        bs = self.block_size
+        return {"block_size": bs, "kv_bytes_moved": dict(self.kv.bytes_moved),
+                "tiers": {name: {"written_tokens": s.written * bs, "evicted_tokens": s.evicted * bs,
+                                 "loaded_tokens": s.loaded * bs} for name, s in zip(
+                                     self.tier_names, self.cache.stats, strict=True)}}
+
+    # -- one step ---------------------------------------------------------------------------
+    def _step(self) -> None:
+        """Admit, prefill a chunk budget, decode every running call once; time it all."""
+        with self.timer() as t:
+            admitted = self._admit()
+            budget = self.max_batched_tokens
+            prefills = []
+            for c in self.running:
+                left = c.request.input_tokens - c.context
+                if left > 0 and budget > 0:
+                    n = min(left, budget)
+                    prefills.append((c, n))
+                    budget -= n
+            decoding = [c for c in self.running if c.context >= c.request.input_tokens
+                        and c.first_token_s is not None and c.decoded < c.request.output_tokens]
+            for c, n in prefills:
+                self._prefill(c, n)
+            if decoding:
+                self._decode(decoding)
+        if not admitted and not prefills and not decoding:
+            self.step_end = None
+            return
+        self.step_end = self.clock + t.seconds
+        share = t.seconds / max(len(prefills) + len(decoding), 1)
+        for c in {*(c for c, _ in prefills), *decoding}:
+            c.gpu_s += share
+        for c, _ in prefills:
+            if c.context >= c.request.input_tokens and c.first_token_s is None:
+                c.first_token_s = self.step_end
+                c.decoded = 1
+        for c in list(self.running):
+            if c.first_token_s is not None and c.decoded >= c.request.output_tokens:
+                self.running.remove(c)
+                self._finished.append(c)
+
+    def _admit(self) -> bool:
+        admitted = False
+        bs = self.block_size
+        while self.waiting and len(self.running) < self.max_running:
+            c = self.waiting[0]
+            req = c.request
+            in_hbm = self.cache.lookup(c.blocks)[0]
+            new_blocks = len(c.blocks) - in_hbm
+            private = math.ceil((req.input_tokens + req.output_tokens) / bs) - len(c.blocks)
+            if new_blocks + private > self.cache.free_blocks() and self.running:
+                break
+            if new_blocks + private > self.pool.num_blocks:
+                raise ConfigError(f"engine.pool_blocks={self.pool.num_blocks} cannot hold call "
+                                  f"{req.request_id}: it needs {new_blocks + private} blocks")
+            self.waiting.popleft()
+            self.cache.reserved += private
+            c.acquired = self.cache.acquire(c.blocks, self.clock, max(req.input_tokens - 1, 0) // bs)
+            self.kv.place()
+            c.private = [self.pool.alloc() for _ in range(private)]
+            shared = [self.kv.slots[int(h)] for h in c.blocks]
+            c.slots = torch.tensor(shared + c.private, dtype=torch.long, device=self.device)
+            c.reused = {n: h * bs for n, h in zip(self.tier_names, c.acquired.hits, strict=True)}
+            c.context = c.acquired.hit_blocks * bs
+            c.loaded_bytes = sum(c.acquired.hits[1:]) * self.pool.block_bytes
+            c.start_s = self.clock
+            self.running.append(c)
+            admitted = True
+        return admitted
+
+    def _prefill(self, c: Call, n: int) -> None:
+        req = c.request
+        ids = prompt_tokens(c.blocks, req.request_id, req.input_tokens, self.block_size,
+                            self.args.vocab, c.context)[:n].to(self.device)
+        logits = self.model(ids, [SeqSlice(0, n, c.context, c.slots)], self.pool.k, self.pool.v,
+                            self.block_size)
+        c.context += n
+        if c.context >= req.input_tokens:
+            c.next_token = int(logits[-1].argmax())
+
+    def _decode(self, calls: list[Call]) -> None:
+        tokens = torch.tensor([c.next_token for c in calls], dtype=torch.long, device=self.device)
+        seqs = [SeqSlice(i, 1, c.context, c.slots) for i, c in enumerate(calls)]
+        logits = self.model(tokens, seqs, self.pool.k, self.pool.v, self.block_size)
+        nxt = logits.argmax(-1).tolist()
+        for c, t in zip(calls, nxt, strict=True):
+            c.context += 1
+            c.decoded += 1
+            c.next_token = t
+
+    def _complete(self, c: Call) -> Completion:
+        req, bs = c.request, self.block_size
+        sequence = None
+        if self.cache_output_blocks:
+            full = reblock(req.sequence_blocks(), self.factor) if self.factor > 1 else req.sequence_blocks()
+            computed = c.context // bs  # blocks whose every position has KV
+            sequence = full[:computed]
+            for j, h in enumerate(sequence[len(c.blocks):]):
+                self.kv.adopt[int(h)] = c.private[j]
+        self.cache.reserved -= len(c.private)
+        self.cache.release(c.acquired, self.clock, sequence)
+        self.kv.place()
+        for slot in c.private:  # what the cache did not take over goes back to the pool
+            if slot not in self.kv.placed_private:
+                self.pool.release(slot)
+        self.kv.adopt.clear()
+        self.kv.placed_private.clear()
+        reused = sum(c.reused.values())
+        no_reuse = self.roofline.prefill_s(req.input_tokens)
+        return Completion(
+            request_id=req.request_id, instance=0, start_s=c.start_s,
+            first_token_s=c.first_token_s if c.first_token_s is not None else self.clock,
+            finish_s=self.clock, reused_tokens_by_tier=c.reused, prefilled_tokens=req.input_tokens - reused,
+            loaded_bytes=c.loaded_bytes, gpu_s=c.gpu_s, no_reuse_prefill_s=no_reuse,
+            no_reuse_gpu_s=c.gpu_s + no_reuse - self.roofline.prefill_s(req.input_tokens - reused, reused))
