@@ -1,28 +1,19 @@
 """Generation speed, size on disk and memory for coding-agent sessions.
 
 Targets on a 2-core machine: >= 20,000 requests/s, <= 2 KiB on disk per request, peak RSS
-<= 1 GiB whatever the session count.  Usage: python benchmarks/generate.py [--sessions 10000]
+<= 1 GiB whatever the session count.  Usage: python -m benchmarks.generate [--sessions 10000]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# this folder holds replay.py, which must not shadow the replay package: load common.py by path
-HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-_spec = importlib.util.spec_from_file_location("bench_common", HERE / "common.py")
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
-peak_rss_mib, report = common.peak_rss_mib, common.report
-
-from traces.synth import generate, load_config  # noqa: E402
+from benchmarks.common import peak_rss_mib, report
+from traces.synth import generate, load_config
 
 
 def main() -> None:

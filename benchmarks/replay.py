@@ -2,29 +2,21 @@
 coding-agent trace of ~100k calls.
 
 Target on a 2-core machine: analytic >= 20,000 calls/s.
-Usage: python benchmarks/replay.py [--sessions 520] [--engine analytic] [--cache hbm_dram]
+Usage: python -m benchmarks.replay [--sessions 520] [--engine analytic] [--cache hbm_dram]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# this folder holds replay.py, which must not shadow the replay package: load common.py by path
-HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-_spec = importlib.util.spec_from_file_location("bench_common", HERE / "common.py")
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
-peak_rss_mib, report = common.peak_rss_mib, common.report
-from hydra import compose, initialize_config_module  # noqa: E402
+from hydra import compose, initialize_config_module
 
-from replay.app import run  # noqa: E402
-from traces.synth import generate, load_config  # noqa: E402
+from benchmarks.common import peak_rss_mib, report
+from replay.app import run
+from traces.synth import generate, load_config
 
 
 def main() -> None:
@@ -41,7 +33,7 @@ def main() -> None:
         with initialize_config_module(version_base=None, config_module="conf"):
             cfg = compose("config", overrides=[
                 f"engine={args.engine}", f"cache={args.cache}", "trace=file", f"trace.path={trace}",
-                "replay.progress=false", *args.overrides])
+                "replay.progress=false", "plots=false", *args.overrides])
         start = time.perf_counter()
         summary = run(cfg, Path(tmp))
         seconds = time.perf_counter() - start

@@ -1,30 +1,21 @@
 """Prefill and decode speed of the torch engine's model beside a plain matmul in the same run.
 
 Target on a 2-core CPU: prefill of 2k-token chunks reaches >= 40% of the matmul FLOP/s.
-Usage: python benchmarks/torch_engine.py [--device cpu|cuda] [--layers 4] [--hidden 1024]
+Usage: python -m benchmarks.torch_engine [--device cpu|cuda] [--layers 4] [--hidden 1024]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import torch
 
-# this folder holds replay.py, which must not shadow the replay package: load common.py by path
-HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-_spec = importlib.util.spec_from_file_location("bench_common", HERE / "common.py")
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
-
-from engines.roofline import decode_step_flops, prefill_flops  # noqa: E402
-from engines.specs import ModelSpec  # noqa: E402
-from engines.torch_engine.engine import Timer  # noqa: E402
-from engines.torch_engine.kv_pool import KVPool  # noqa: E402
-from engines.torch_engine.model import ModelArgs, SeqSlice, Transformer  # noqa: E402
+from benchmarks import common
+from engines.roofline import decode_step_flops, prefill_flops
+from engines.specs import ModelSpec
+from engines.torch_engine.engine import Timer
+from engines.torch_engine.kv_pool import KVPool
+from engines.torch_engine.model import ModelArgs, SeqSlice, Transformer
 
 
 def model_cfg(layers: int, hidden: int) -> dict:

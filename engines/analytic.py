@@ -14,11 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from engines.base import Completion, Request
+from engines.deployment import Deployment
 from engines.kv_cache import Acquired, BlockCache
-from engines.roofline import Roofline
 from engines.router import Router
-from engines.specs import ConfigError, HardwareSpec, ModelSpec, tiers_from_cfg
-from traces.hashing import reblock
+from engines.specs import ConfigError
 
 
 class AnalyticEngine:
@@ -26,36 +25,29 @@ class AnalyticEngine:
                  tp: int, instances: int, trace_block_size: int, concurrency: int = 16,
                  block_size: int | None = None, cache_output_blocks: bool = True,
                  overlap_load: bool = False, router: str = "session_affinity") -> None:
-        self.model = ModelSpec.from_cfg(model)
-        self.hw = HardwareSpec.from_cfg(hardware)
-        self.tp = int(tp)
-        if self.tp < 1 or int(instances) < 1 or int(concurrency) < 1:
-            raise ConfigError("parallel.tp, instances and engine.concurrency must be >= 1")
-        self.roofline = Roofline(self.model, self.hw, self.tp)
-        self.tiers = tiers_from_cfg(cache, self.model, self.hw, self.tp)
-        self.tier_names = [t.name for t in self.tiers]
-        self.block_size = int(block_size or trace_block_size)
-        if self.block_size % trace_block_size:
-            raise ConfigError(f"engine.block_size {self.block_size} must be a multiple of the trace's "
-                              f"block size {trace_block_size}")
-        self.factor = self.block_size // trace_block_size
+        if int(concurrency) < 1:
+            raise ConfigError("engine.concurrency must be >= 1")
+        d = self.deployment = Deployment.build(model, hardware, cache, tp, instances, trace_block_size,
+                                               block_size)
+        self.model, self.hw, self.tp, self.roofline, self.tiers = d.model, d.hw, d.tp, d.roofline, d.tiers
+        self.tier_names, self.block_size = d.tier_names, d.block_size
         self.concurrency = int(concurrency)
         self.cache_output_blocks = bool(cache_output_blocks)
         self.overlap_load = bool(overlap_load)
-        self.kv_bytes_per_gpu_token = self.model.kv_bytes_per_token_per_gpu(self.tp)
-        block_bytes = self.kv_bytes_per_gpu_token * self.tp * self.block_size  # whole instance
-        capacities = [t.capacity_bytes / block_bytes for t in self.tiers]
+        self.kv_bytes_per_gpu_token = d.kv_bytes_per_gpu_token
+        capacities = [t.capacity_bytes / d.block_bytes for t in self.tiers]
         policy = str(cache.get("eviction", "lru"))
-        self.caches = [BlockCache(capacities, self.tier_names, policy) for _ in range(int(instances))]
-        self.router = Router(router, int(instances))
-        self._slots = [[0.0] * self.concurrency for _ in range(int(instances))]
+        self.caches = [BlockCache(capacities, self.tier_names, policy) for _ in range(d.instances)]
+        self.router = Router(router, d.instances)
+        self._slots = [[0.0] * self.concurrency for _ in range(d.instances)]
         self._events: list[tuple[float, int, Completion, Acquired, Request]] = []
         self._seq = itertools.count()
 
     def submit(self, request: Request, now: float) -> None:
-        inst = self.router.pick(request.session_id, [s[0] for s in self._slots])
         bs, roof = self.block_size, self.roofline
-        blocks = reblock(request.blocks, self.factor) if self.factor > 1 else request.blocks
+        blocks = self.deployment.blocks(request.blocks)
+        inst = self.router.pick(request.session_id, [s[0] for s in self._slots],
+                                lambda i: sum(self.caches[i].lookup(blocks)))
         acquired = self.caches[inst].acquire(blocks, now, reusable=max(request.input_tokens - 1, 0) // bs)
         hits = acquired.hits
         reused = {name: h * bs for name, h in zip(self.tier_names, hits, strict=True)}
@@ -93,10 +85,7 @@ class AnalyticEngine:
         done = []
         while self._events and self._events[0][0] <= until:
             finish, _, completion, acquired, request = heapq.heappop(self._events)
-            sequence = None
-            if self.cache_output_blocks:
-                sequence = request.sequence_blocks()
-                sequence = reblock(sequence, self.factor) if self.factor > 1 else sequence
+            sequence = self.deployment.blocks(request.sequence_blocks()) if self.cache_output_blocks else None
             self.caches[completion.instance].release(acquired, finish, sequence)
             done.append(completion)
         return done

@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from engines.specs import ConfigError
 from traces.hashing import string_key
 
-ROUTERS = ("session_affinity", "round_robin", "least_loaded")
+ROUTERS = ("session_affinity", "round_robin", "least_loaded", "cache_aware")
 
 
 class Router:
-    def __init__(self, policy: str, instances: int) -> None:
+    """``cache_aware`` takes the longest cached prefix, less ``load_weight`` blocks per unit of
+    load (balanced by load)."""
+
+    def __init__(self, policy: str, instances: int, load_weight: float = 64.0) -> None:
         if policy not in ROUTERS:
             raise ConfigError(f"unknown router {policy!r}; choose one of {', '.join(ROUTERS)}")
         self.policy = policy
         self.instances = instances
+        self.load_weight = load_weight
         self._turn = itertools.cycle(range(instances))
 
-    def pick(self, session_id: str, earliest_free_s: Sequence[float]) -> int:
-        """``earliest_free_s``: per instance, when its next slot frees up."""
-        if self.instances == 1:
+    def pick(self, session_id: str, load: Sequence[float],
+             cached_blocks: Callable[[int], int] | None = None) -> int:
+        """``load``: per instance, how busy it is (lower is better); ``cached_blocks(i)``: the
+        call's prefix blocks cached on instance i (for cache_aware)."""
+        n = self.instances
+        if n == 1:
             return 0
         if self.policy == "session_affinity":
-            return string_key(session_id) % self.instances
+            return string_key(session_id) % n
         if self.policy == "round_robin":
             return next(self._turn)
-        return min(range(self.instances), key=lambda i: (earliest_free_s[i], i))
+        if self.policy == "least_loaded" or cached_blocks is None:
+            return min(range(n), key=lambda i: (load[i], i))
+        return max(range(n), key=lambda i: (cached_blocks(i) - self.load_weight * load[i], -i))

@@ -80,17 +80,17 @@ class TraceMeta:
             if key not in metadata:
                 raise TraceError(f"{path}: not an agent-replay trace (metadata key "
                                  f"'{key.decode()}' missing)")
-        try:
-            version = int(metadata[b"schema_version"])
-        except ValueError:
-            raise TraceError(f"{path}: schema_version is not an integer") from None
+        def integer(key: str) -> int:
+            try:
+                return int(metadata[key.encode()])
+            except ValueError:
+                raise TraceError(f"{path}: {key} is not an integer") from None
+
+        version = integer("schema_version")
         if version not in SUPPORTED_VERSIONS:
             raise TraceError(f"{path}: unsupported schema_version {version} "
                              f"(this agent-replay reads {list(SUPPORTED_VERSIONS)})")
-        try:
-            block_size = int(metadata[b"block_size"])
-        except ValueError:
-            raise TraceError(f"{path}: block_size is not an integer") from None
+        block_size = integer("block_size")
         if block_size <= 0:
             raise TraceError(f"{path}: block_size must be > 0, got {block_size}")
         try:

@@ -17,16 +17,15 @@ from typing import Any
 import numpy as np
 
 from engines.base import Completion, Request
+from engines.deployment import Deployment
 from engines.kv_cache import BlockCache
 from engines.offload.links import Link
 from engines.offload.scheduler import Instance, Seq
-from engines.roofline import Roofline
-from engines.specs import ConfigError, HardwareSpec, ModelSpec, tiers_from_cfg
-from traces.hashing import reblock
+from engines.router import Router
+from engines.specs import ConfigError
 
 LOAD_POLICIES = ("always", "if_faster")
 PREEMPTION = ("recompute", "swap")
-ROUTERS = ("round_robin", "least_loaded", "session_affinity", "cache_aware")
 
 
 class OffloadEngine:
@@ -39,28 +38,21 @@ class OffloadEngine:
                  prefetch_lead_s: float = 1.0, router: str = "session_affinity",
                  cache_aware_load_weight: float = 64.0, timeline_interval_s: float = 10.0) -> None:
         for name, value, allowed in (("load_policy", load_policy, LOAD_POLICIES),
-                                     ("preemption", preemption, PREEMPTION), ("router", router, ROUTERS)):
+                                     ("preemption", preemption, PREEMPTION)):
             if value not in allowed:
                 raise ConfigError(f"engine.{name} must be one of {', '.join(allowed)}, got {value!r}")
-        self.model = ModelSpec.from_cfg(model)
-        self.hw = HardwareSpec.from_cfg(hardware)
-        self.tp = int(tp)
-        if self.tp < 1 or int(instances) < 1 or max_batched_tokens < 1 or max_running < 1:
-            raise ConfigError("parallel.tp, instances, max_batched_tokens and max_running must be >= 1")
-        self.roofline = Roofline(self.model, self.hw, self.tp)
-        self.tiers = tiers_from_cfg(cache, self.model, self.hw, self.tp)
-        self.tier_names = [t.name for t in self.tiers]
-        self.block_size = int(block_size or trace_block_size)
-        if self.block_size % trace_block_size:
-            raise ConfigError(f"engine.block_size {self.block_size} must be a multiple of the trace's "
-                              f"block size {trace_block_size}")
-        self.factor = self.block_size // trace_block_size
-        self.kv_gpu_token = self.model.kv_bytes_per_token_per_gpu(self.tp)
-        self.block_bytes = self.kv_gpu_token * self.tp * self.block_size  # whole instance
+        if max_batched_tokens < 1 or max_running < 1:
+            raise ConfigError("engine.max_batched_tokens and engine.max_running must be >= 1")
+        d = self.deployment = Deployment.build(model, hardware, cache, tp, instances, trace_block_size,
+                                               block_size)
+        self.model, self.hw, self.tp, self.roofline, self.tiers = d.model, d.hw, d.tp, d.roofline, d.tiers
+        self.tier_names, self.block_size = d.tier_names, d.block_size
+        self.kv_gpu_token = d.kv_bytes_per_gpu_token
+        self.block_bytes = d.block_bytes
         self.load_policy, self.preemption = load_policy, preemption
         self.cache_output_blocks = bool(cache_output_blocks)
         self.prefetch, self.prefetch_lead_s = bool(prefetch), float(prefetch_lead_s)
-        self.router, self.cache_aware_load_weight = router, float(cache_aware_load_weight)
+        self.router = Router(router, int(instances), float(cache_aware_load_weight))
         self.timeline_interval_s = float(timeline_interval_s)
 
         n = int(instances)
@@ -87,7 +79,6 @@ class OffloadEngine:
                                            int(max_batched_tokens), int(max_running), bool(overlap_load)))
             self.links.append({t.name: Link(f"instance{i}.{t.name}", self._link_bw(t), t.latency_s)
                                for t in self.local_tiers[1:]})
-        self._rr = itertools.cycle(range(n))
         self._seq = itertools.count()
         self._transfers: dict[int, Seq | None] = {}  # transfer id -> waiting call (None: prefetch)
         self._next_transfer_s: float | None = None
@@ -107,7 +98,7 @@ class OffloadEngine:
     # -- the protocol -----------------------------------------------------------------------
     def submit(self, request: Request, now: float) -> None:
         self._advance_clock(now)
-        blocks = reblock(request.blocks, self.factor) if self.factor > 1 else request.blocks
+        blocks = self.deployment.blocks(request.blocks)
         inst = self.instances[self._route(request.session_id, blocks)]
         seq = Seq(request=request, blocks=blocks, arrival_s=now, target_tokens=request.input_tokens)
         inst.waiting.append(seq)
@@ -119,7 +110,7 @@ class OffloadEngine:
         """A call of this session, extending ``blocks``, will be sent at ``at``: prefetch."""
         if not self.prefetch:
             return
-        blocks = reblock(blocks, self.factor) if self.factor > 1 else blocks
+        blocks = self.deployment.blocks(blocks)
         inst = self._route(session_id, blocks, peek=True)
         heapq.heappush(self._prefetches, (max(at - self.prefetch_lead_s, self.clock), next(self._seq),
                                           inst, blocks))
@@ -175,21 +166,12 @@ class OffloadEngine:
 
     # -- routing ----------------------------------------------------------------------------
     def _route(self, session_id: str, blocks: np.ndarray, peek: bool = False) -> int:
-        n = len(self.instances)
-        if n == 1:
+        """The instance for a call (``peek``: where a session's next call will likely go)."""
+        router = self.router
+        if peek and router.policy == "round_robin":
             return 0
-        if self.router == "session_affinity":
-            from traces.hashing import string_key
-            return string_key(session_id) % n
-        if self.router == "round_robin":
-            return next(self._rr) if not peek else 0
-        if self.router == "least_loaded":
-            return min(range(n), key=lambda i: (self.instances[i].load, i))
-        # cache_aware: longest cached prefix, less a penalty per queued or running call
-        def score(i: int) -> float:
-            hits = sum(self.instances[i].cache.lookup(blocks))
-            return hits - self.cache_aware_load_weight * self.instances[i].load
-        return max(range(n), key=lambda i: (score(i), -i))
+        return router.pick(session_id, [inst.load for inst in self.instances],
+                           lambda i: sum(self.instances[i].cache.lookup(blocks)))
 
     # -- admission and loads ----------------------------------------------------------------
     def _admit(self, inst: Instance, seq: Seq, now: float) -> bool:
@@ -336,10 +318,7 @@ class OffloadEngine:
         if seq in inst.running:
             inst.running.remove(seq)
         req = seq.request
-        sequence = None
-        if self.cache_output_blocks:
-            sequence = req.sequence_blocks()
-            sequence = reblock(sequence, self.factor) if self.factor > 1 else sequence
+        sequence = self.deployment.blocks(req.sequence_blocks()) if self.cache_output_blocks else None
         inst.cache.release(seq.acquired, now, sequence)
         inst.cache.reserved -= seq.private_blocks
         reused = sum(seq.reused.values())

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from engines.base import Completion, Request
+from engines.deployment import engine_block_size
 from engines.kv_cache import Acquired, BlockCache
 from engines.roofline import Roofline
 from engines.specs import ConfigError, HardwareSpec, ModelSpec
@@ -110,11 +111,7 @@ class TorchEngine:
             self.model = self.model.to(self.device, self.dtype)
         self.model.eval()
         self.args = self.model.a
-        self.block_size = int(block_size or trace_block_size)
-        if self.block_size % trace_block_size:
-            raise ConfigError(f"engine.block_size {self.block_size} must be a multiple of the trace's "
-                              f"block size {trace_block_size}")
-        self.factor = self.block_size // trace_block_size
+        self.block_size, self.factor = engine_block_size(block_size, trace_block_size)
         self.pool = KVPool(self.args, int(pool_blocks), self.block_size, self.device, self.dtype)
         self.kv = TieredKV(self.pool, Path(disk_dir) if disk_dir else Path("kv_disk"))
         capacities = [int(pool_blocks)] + [int(b) for b in (cpu_blocks, disk_blocks) if b]

@@ -1,0 +1,62 @@
+"""What every engine is built from, checked and derived once: the model, the hardware, tensor
+parallelism, the KV tiers and the block geometry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engines.roofline import Roofline
+from engines.specs import ConfigError, HardwareSpec, ModelSpec, TierSpec, tiers_from_cfg
+from traces.hashing import reblock
+
+
+def engine_block_size(block_size: int | None, trace_block_size: int) -> tuple[int, int]:
+    """(engine block size, how many trace blocks make one); it must be a multiple."""
+    bs = int(block_size or trace_block_size)
+    if bs % trace_block_size:
+        raise ConfigError(f"engine.block_size {bs} must be a multiple of the trace's block size "
+                          f"{trace_block_size}")
+    return bs, bs // trace_block_size
+
+
+@dataclass(frozen=True)
+class Deployment:
+    model: ModelSpec
+    hw: HardwareSpec
+    tp: int
+    instances: int
+    roofline: Roofline
+    tiers: list[TierSpec]
+    block_size: int
+    factor: int
+
+    @classmethod
+    def build(cls, model: Mapping[str, Any], hardware: Mapping[str, Any], cache: Mapping[str, Any],
+              tp: int, instances: int, trace_block_size: int, block_size: int | None) -> Deployment:
+        m, hw = ModelSpec.from_cfg(model), HardwareSpec.from_cfg(hardware)
+        if int(tp) < 1 or int(instances) < 1:
+            raise ConfigError("parallel.tp and instances must be >= 1")
+        bs, factor = engine_block_size(block_size, trace_block_size)
+        return cls(m, hw, int(tp), int(instances), Roofline(m, hw, int(tp)),
+                   tiers_from_cfg(cache, m, hw, int(tp)), bs, factor)
+
+    @property
+    def tier_names(self) -> list[str]:
+        return [t.name for t in self.tiers]
+
+    @property
+    def kv_bytes_per_gpu_token(self) -> float:
+        return self.model.kv_bytes_per_token_per_gpu(self.tp)
+
+    @property
+    def block_bytes(self) -> float:
+        """KV bytes of one block across the instance's GPUs."""
+        return self.kv_bytes_per_gpu_token * self.tp * self.block_size
+
+    def blocks(self, hashes: np.ndarray) -> np.ndarray:
+        """A block list at the trace's block size, at the engine's."""
+        return reblock(hashes, self.factor) if self.factor > 1 else hashes
