@@ -177,8 +177,8 @@ class OffloadEngine:
     def _admit(self, inst: Instance, seq: Seq, now: float) -> bool:
         """Acquire a waiting call's blocks and start its loads; False if its KV does not fit."""
         cache, req, bs = inst.cache, seq.request, self.block_size
-        if seq.blocked_at_free is not None and cache.free_blocks() <= seq.blocked_at_free:
-            return False  # nothing was freed since it last failed to fit
+        if seq.blocked_need is not None and seq.blocked_need > cache.free_blocks():
+            return False  # still no room for what it needed when it last failed to fit
         reusable = max(req.input_tokens - 1, 0) // bs
         local = cache.lookup(seq.blocks, reusable)
         local_total = sum(local)
@@ -187,9 +187,9 @@ class OffloadEngine:
             shared_hits = max(0, self.shared_cache.lookup(seq.blocks, reusable)[0] - local_total)
         need = len(seq.blocks) - local[0] + 1 + math.ceil(seq.swapped_tokens / bs)
         if need > cache.free_blocks() and inst.running:
-            seq.blocked_at_free = cache.free_blocks()
+            seq.blocked_need = need
             return False
-        seq.blocked_at_free = None
+        seq.blocked_need = None
         limit = reusable
         lower = local_total - local[0] + shared_hits
         if lower and self.load_policy == "if_faster" and \

@@ -41,7 +41,7 @@ class Seq:
     gpu_s: float = 0.0
     preemptions: int = 0
     swapped_tokens: int = 0  # KV written to the next tier by a swap-out, to load back
-    blocked_at_free: float | None = None  # free HBM blocks when it last failed to fit
+    blocked_need: int | None = None  # HBM blocks it needed when it last failed to fit
     prefilled: int = 0
 
 
