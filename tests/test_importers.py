@@ -275,3 +275,12 @@ def test_nothing_importable_is_an_error(tmp_path):
     result = CliRunner().invoke(main, ["import", "mooncake", str(tmp_path / "missing.jsonl"),
                                        "--out", str(tmp_path / "o.parquet")])
     assert result.exit_code == 1 and "no such file or folder" in result.output
+
+
+def test_export_rejects_a_block_size_that_is_not_a_multiple(tmp_path):
+    out = tmp_path / "m.parquet"
+    import_trace("mooncake", [str(DATA / "mooncake.jsonl")], out)
+    result = CliRunner().invoke(main, ["export", "mooncake", str(out), "--out", str(tmp_path / "e.jsonl"),
+                                       "--block-size", "100"])
+    assert result.exit_code == 1 and "not a multiple of the trace's 512" in result.output
+    assert not (tmp_path / "e.jsonl").exists()

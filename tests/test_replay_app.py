@@ -125,3 +125,14 @@ def test_bad_input_gets_a_clear_line_not_a_traceback(tmp_path, args, message):
     result = replay_cli(*args, cwd=tmp_path)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("engine", ["analytic", "offload"])
+def test_same_config_same_bytes(tmp_path, coding_trace, engine):
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        out.mkdir()
+        run(compose_cfg([f"engine={engine}", "trace=file", f"trace.path={coding_trace}", "plots=false"]), out)
+        outs.append(((out / "requests.parquet").read_bytes(), (out / "summary.json").read_bytes()))
+    assert outs[0] == outs[1]

@@ -164,3 +164,12 @@ def test_calibrated_analytic_model_predicts_measured_ttft(tmp_path):
     print(both.with_columns(error=errors).sort("ttft_s"))
     assert both.height >= 20 and statistics.median(errors) <= 0.10
     assert Path(cal).read_text().startswith("# Calibrated by replay-calibrate")
+
+
+def test_calibrate_rejects_an_unknown_model():
+    from click.testing import CliRunner
+
+    from engines.torch_engine.calibrate import main
+
+    result = CliRunner().invoke(main, ["--model", "no_such_model"])
+    assert result.exit_code == 1 and "no such config" in result.output
