@@ -161,7 +161,8 @@ def test_calibrated_analytic_model_predicts_measured_ttft(tmp_path):
         "request_id", pl.col("ttft_s").alias("model"))
     both = torch_ttft.join(predicted, on="request_id")
     errors = ((both["model"] - both["ttft_s"]) / both["ttft_s"]).abs()
-    print(both.with_columns(error=errors).sort("ttft_s"))
+    with pl.Config(tbl_rows=100):
+        print(both.with_columns(error=errors).sort("ttft_s"))
     assert both.height >= 20 and statistics.median(errors) <= 0.10
     assert Path(cal).read_text().startswith("# Calibrated by replay-calibrate")
 
