@@ -85,8 +85,8 @@ class AnalyticEngine:
         done = []
         while self._events and self._events[0][0] <= until:
             finish, _, completion, acquired, request = heapq.heappop(self._events)
-            sequence = self.deployment.blocks(request.sequence_blocks()) if self.cache_output_blocks else None
-            self.caches[completion.instance].release(acquired, finish, sequence)
+            output = self.deployment.output_blocks(request) if self.cache_output_blocks else None
+            self.caches[completion.instance].release(acquired, finish, output)
             done.append(completion)
         return done
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.base import Request
 from engines.roofline import Roofline
 from engines.specs import ConfigError, HardwareSpec, ModelSpec, TierSpec, tiers_from_cfg
 from traces.hashing import reblock
@@ -60,3 +61,9 @@ class Deployment:
     def blocks(self, hashes: np.ndarray) -> np.ndarray:
         """A block list at the trace's block size, at the engine's."""
         return reblock(hashes, self.factor) if self.factor > 1 else hashes
+
+    def output_blocks(self, request: Request) -> np.ndarray:
+        """At the engine's block size, the blocks a call's output completes after its prompt."""
+        if self.factor == 1:
+            return request.output_blocks()
+        return self.blocks(request.sequence_blocks())[len(request.blocks) // self.factor:]

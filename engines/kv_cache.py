@@ -74,7 +74,11 @@ class Acquired:
     leaf: Node
     hits: list[int]
     matched: int
-    prompt_blocks: int
+    prompt: np.ndarray  # the block list acquired
+
+    @property
+    def prompt_blocks(self) -> int:
+        return len(self.prompt)
 
     @property
     def hit_blocks(self) -> int:
@@ -170,11 +174,11 @@ class BlockCache:
             node.uses += 1
             node.stamp = now
         self._evict_all()
-        return Acquired(leaf=leaf, hits=hits, matched=matched, prompt_blocks=len(hashes))
+        return Acquired(leaf=leaf, hits=hits, matched=matched, prompt=hashes)
 
-    def release(self, acquired: Acquired, now: float, sequence: np.ndarray | None = None) -> None:
-        """Unpin a request's blocks; with ``sequence`` (its prompt plus output-completed blocks)
-        also store the blocks its output completed."""
+    def release(self, acquired: Acquired, now: float, output: np.ndarray | None = None) -> None:
+        """Unpin a request's blocks; with ``output`` (the blocks its output completed, which
+        continue its prompt) also store those."""
         self.clock = now
         for node in self.tree.ancestors(acquired.leaf):
             node.pins -= 1
@@ -182,15 +186,13 @@ class BlockCache:
             if node.pins == 0:
                 self.pinned -= len(node)
                 self._push_all(node)
-        if sequence is not None:
+        if output is not None and len(output):
             leaf = acquired.leaf
             if (leaf.end == acquired.prompt_blocks and leaf.alive and not leaf.children
                     and leaf.parent is not None and leaf.tier_end[0] == len(leaf)):
-                extra = sequence[leaf.end:]  # the run still ends at the prompt: grow it in place
-                if len(extra):
-                    self._store(leaf, extra, now)
+                self._store(leaf, output, now)  # the run still ends at the prompt: grow it in place
             else:
-                self.insert(sequence, now)
+                self.insert(np.concatenate([acquired.prompt, output]), now)
         self._evict_all()
 
     def insert(self, hashes: np.ndarray, now: float) -> None:

@@ -136,3 +136,15 @@ def test_same_config_same_bytes(tmp_path, coding_trace, engine):
         run(compose_cfg([f"engine={engine}", "trace=file", f"trace.path={coding_trace}", "plots=false"]), out)
         outs.append(((out / "requests.parquet").read_bytes(), (out / "summary.json").read_bytes()))
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("engine", ["analytic", "offload"])
+def test_engine_blocks_larger_than_the_traces(tmp_path, coding_trace, engine):
+    """Blocks of 128 (every second chained hash): coarser blocks reuse a little less, never more."""
+    reuse = {}
+    for bs in (64, 128):
+        out = tmp_path / str(bs)
+        out.mkdir()
+        reuse[bs] = run(compose_cfg([f"engine={engine}", f"engine.block_size={bs}", "plots=false",
+                                     "trace=file", f"trace.path={coding_trace}"]), out)["reuse"]
+    assert 0.9 < reuse[128] < reuse[64]

@@ -318,8 +318,8 @@ class OffloadEngine:
         if seq in inst.running:
             inst.running.remove(seq)
         req = seq.request
-        sequence = self.deployment.blocks(req.sequence_blocks()) if self.cache_output_blocks else None
-        inst.cache.release(seq.acquired, now, sequence)
+        output = self.deployment.output_blocks(req) if self.cache_output_blocks else None
+        inst.cache.release(seq.acquired, now, output)
         inst.cache.reserved -= seq.private_blocks
         reused = sum(seq.reused.values())
         no_reuse = self.roofline.prefill_s(req.input_tokens)

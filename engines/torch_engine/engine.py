@@ -250,15 +250,14 @@ class TorchEngine:
 
     def _complete(self, c: Call) -> Completion:
         req, bs = c.request, self.block_size
-        sequence = None
+        output = None
         if self.cache_output_blocks:
             full = reblock(req.sequence_blocks(), self.factor) if self.factor > 1 else req.sequence_blocks()
-            computed = c.context // bs  # blocks whose every position has KV
-            sequence = full[:computed]
-            for j, h in enumerate(sequence[len(c.blocks):]):
+            output = full[len(c.blocks): c.context // bs]  # blocks whose every position has KV
+            for j, h in enumerate(output):
                 self.kv.adopt[int(h)] = c.private[j]
         self.cache.reserved -= len(c.private)
-        self.cache.release(c.acquired, self.clock, sequence)
+        self.cache.release(c.acquired, self.clock, output)
         self.kv.place()
         for slot in c.private:  # what the cache did not take over goes back to the pool
             if slot not in self.kv.placed_private:
