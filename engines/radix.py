@@ -21,7 +21,8 @@ class Node:
     (tiers are ordered fast to slow and a run's deeper blocks never sit in a faster tier).
     ``stamp`` is the owner's clock: last use for the KV cache, expiry for the API cache."""
 
-    __slots__ = ("hashes", "parent", "children", "stamp", "tier_end", "pins", "alive", "end", "uses")
+    __slots__ = ("hashes", "parent", "children", "stamp", "tier_end", "pins", "alive", "end", "uses",
+                 "spare")
 
     def __init__(self, hashes: np.ndarray, parent: Node | None, n_tiers: int, stamp: float) -> None:
         self.hashes = hashes
@@ -32,6 +33,7 @@ class Node:
         self.pins = 0
         self.uses = 0  # how many requests matched or stored this run
         self.alive = True
+        self.spare: np.ndarray | None = None  # room to grow in place: ``hashes`` is its prefix
         self.end = (parent.end if parent is not None else 0) + len(hashes)  # depth after the run
 
     def __len__(self) -> int:
@@ -98,6 +100,7 @@ class RadixTree:
         assert parent is not None
         parent.children[int(node.hashes[0])] = head
         node.hashes = node.hashes[k:]
+        node.spare = None  # the halves share the old buffer: neither may grow into it
         node.tier_end = [max(e - k, 0) for e in node.tier_end]
         node.parent = head
         head.children[int(node.hashes[0])] = node
@@ -125,8 +128,16 @@ class RadixTree:
         return node
 
     def extend(self, node: Node, hashes: np.ndarray) -> None:
-        """Grow a childless run held wholly in tier 0 by ``hashes`` (also in tier 0)."""
-        node.hashes = np.concatenate([node.hashes, hashes])
+        """Grow a childless run held wholly in tier 0 by ``hashes`` (also in tier 0).
+
+        Runs grow call after call, so they keep spare room (doubling), not a copy per call.
+        """
+        n, m = len(node.hashes), len(hashes)
+        if node.spare is None or len(node.spare) < n + m:
+            node.spare = np.empty(max(2 * (n + m), 64), dtype=np.uint64)
+            node.spare[:n] = node.hashes
+        node.spare[n:n + m] = hashes
+        node.hashes = node.spare[:n + m]
         node.tier_end = [len(node.hashes)] * self.n_tiers
         node.end += len(hashes)
 
