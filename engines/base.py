@@ -14,7 +14,7 @@ import numpy as np
 from traces.hashing import output_block_hashes
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """One call as an engine sees it. ``blocks`` is the prompt's full block list at the trace's
     block size (``trace_block_size``)."""
@@ -40,7 +40,7 @@ class Request:
         return np.concatenate([self.blocks, self.output_blocks()])
 
 
-@dataclass
+@dataclass(slots=True)
 class Completion:
     """What an engine reports for a finished call; times are on the replay clock (seconds)."""
 

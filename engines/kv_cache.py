@@ -67,7 +67,7 @@ class TierStats:
     overflow: int = 0  # largest excess over capacity that pinned blocks forced
 
 
-@dataclass
+@dataclass(slots=True)
 class Acquired:
     """What ``acquire`` found: hits per tier (reusable blocks only) and the pinned path's leaf."""
 

@@ -64,7 +64,7 @@ class ApiPricing:
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ApiCharge:
     cached_tokens: int
     written_tokens: int

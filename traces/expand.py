@@ -16,7 +16,7 @@ from traces.hashing import output_block_hashes
 from traces.io import read_meta, scan
 
 
-@dataclass
+@dataclass(slots=True)
 class _Sequence:
     blocks: np.ndarray  # prompt blocks, extended by the output's blocks once a child needs them
     input_tokens: int
