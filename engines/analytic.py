@@ -18,6 +18,7 @@ from engines.deployment import Deployment
 from engines.kv_cache import Acquired, BlockCache
 from engines.router import Router
 from engines.specs import ConfigError
+from traces.hashing import reusable_blocks
 
 
 class AnalyticEngine:
@@ -48,7 +49,7 @@ class AnalyticEngine:
         blocks = self.deployment.blocks(request.blocks)
         inst = self.router.pick(request.session_id, [s[0] for s in self._slots],
                                 lambda i: sum(self.caches[i].lookup(blocks)))
-        acquired = self.caches[inst].acquire(blocks, now, reusable=max(request.input_tokens - 1, 0) // bs)
+        acquired = self.caches[inst].acquire(blocks, now, reusable=reusable_blocks(request.input_tokens, bs))
         hits = acquired.hits
         reused = {name: h * bs for name, h in zip(self.tier_names, hits, strict=True)}
         reused_tokens = acquired.hit_blocks * bs

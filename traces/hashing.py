@@ -122,17 +122,6 @@ def chain_hashes(prev_hash: int | None, content_keys: np.ndarray) -> np.ndarray:
     return advance(state_of(prev_hash), np.asarray(content_keys, dtype=np.uint64))[0]
 
 
-def chain_hashes_reference(prev_hash: int | None, content_keys: list[int]) -> list[int]:
-    """The same chain, one block at a time in plain Python: the definition the tests check."""
-    out = []
-    state = 0 if prev_hash is None else int(unmix64(np.array([prev_hash], np.uint64))[0])
-    for key in content_keys:
-        c = int(mix64(np.array([key], np.uint64))[0])
-        state = (state * P + c) % (1 << 64)
-        out.append(int(mix64(np.array([state], np.uint64))[0]))
-    return out
-
-
 def string_key(text: str) -> int:
     """A stable 64-bit key of a string (BLAKE2b, 8 bytes), independent of Python's hash seed."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")

@@ -16,7 +16,8 @@ def ideal_reuse_frame(lf: pl.LazyFrame, block_size: int) -> pl.LazyFrame:
     A block counts only if every block before it in the prompt was seen earlier (prefix
     semantics). Kept blocks come from the parent's sequence, already seen; a new block was seen
     if any request earlier in arrival order (ties: file order) carried it. At most
-    ``(input_tokens - 1) // block_size`` blocks are reusable (the last token is always computed).
+    ``(input_tokens - 1) // block_size`` blocks are reusable (the last token is always computed;
+    ``traces.hashing.reusable_blocks``, here as a polars expression).
     """
     bs = block_size
     ordered = (

@@ -23,6 +23,7 @@ from engines.offload.links import Link
 from engines.offload.scheduler import Instance, Seq
 from engines.router import Router
 from engines.specs import ConfigError
+from traces.hashing import reusable_blocks
 
 LOAD_POLICIES = ("always", "if_faster")
 PREEMPTION = ("recompute", "swap")
@@ -179,7 +180,7 @@ class OffloadEngine:
         cache, req, bs = inst.cache, seq.request, self.block_size
         if seq.blocked_need is not None and seq.blocked_need > cache.free_blocks():
             return False  # still no room for what it needed when it last failed to fit
-        reusable = max(req.input_tokens - 1, 0) // bs
+        reusable = reusable_blocks(req.input_tokens, bs)
         local = cache.lookup(seq.blocks, reusable)
         local_total = sum(local)
         shared_hits = 0

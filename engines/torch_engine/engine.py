@@ -30,7 +30,7 @@ from engines.roofline import Roofline
 from engines.specs import ConfigError, HardwareSpec, ModelSpec
 from engines.torch_engine.kv_pool import KVPool, TieredKV
 from engines.torch_engine.model import ModelArgs, SeqSlice, Transformer, load_hf_checkpoint
-from traces.hashing import reblock, string_key
+from traces.hashing import reblock, reusable_blocks, string_key
 
 
 def block_tokens(h: int, block_size: int, vocab: int) -> torch.Tensor:
@@ -215,7 +215,7 @@ class TorchEngine:
                                   f"{req.request_id}: it needs {new_blocks + private} blocks")
             self.waiting.popleft()
             self.cache.reserved += private
-            c.acquired = self.cache.acquire(c.blocks, self.clock, max(req.input_tokens - 1, 0) // bs)
+            c.acquired = self.cache.acquire(c.blocks, self.clock, reusable_blocks(req.input_tokens, bs))
             self.kv.place()
             c.private = [self.pool.alloc() for _ in range(private)]
             shared = [self.kv.slots[int(h)] for h in c.blocks]
