@@ -110,9 +110,13 @@ class RadixTree:
     def descend(self, hashes: np.ndarray) -> tuple[list[Node], int]:
         """Match, then split so the path ends exactly at the matched boundary."""
         path, matched, k = self.match(hashes)
+        return self.cut(path, k), matched
+
+    def cut(self, path: list[Node], k: int) -> list[Node]:
+        """Split a matched path's last node after its first k blocks (a ``match`` result)."""
         if path and k < len(path[-1]):
             path[-1] = self.split(path[-1], k)
-        return path, matched
+        return path
 
     def add(self, parent: Node, hashes: np.ndarray, stamp: float) -> Node:
         """Store ``hashes`` below ``parent`` (in tier 0): grow a childless leaf held wholly in

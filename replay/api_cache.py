@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.radix import RadixTree
+from engines.radix import Node, RadixTree
 from engines.specs import ConfigError
 
 
@@ -113,7 +113,7 @@ class ProviderPromptCache:
         cacheable = input_tokens >= p.min_tokens
         cached = 0
         if cacheable:
-            path, _, k = self.tree.match(blocks)
+            path, matched, k = self.tree.match(blocks)
             live = 0
             for i, node in enumerate(path):
                 if node.stamp < now:
@@ -121,7 +121,7 @@ class ProviderPromptCache:
                 live += len(node) if i < len(path) - 1 else k
             cached = min(live * self.bs, input_tokens)
             cached -= cached % p.increment_tokens
-            self._store(blocks, now, now + ttl, refreshed_blocks=live)
+            self._store(blocks, now, now + ttl, live, (path, matched, k))
         written = input_tokens - cached if (cacheable and p.write_billed) else 0
         uncached = input_tokens - cached - written
         if prices is None:
@@ -139,8 +139,12 @@ class ProviderPromptCache:
         if len(blocks):
             self._store(blocks, now, now + (self.pricing.ttl_s if ttl_s is None else ttl_s), 0)
 
-    def _store(self, blocks: np.ndarray, now: float, expiry: float, refreshed_blocks: int) -> None:
-        path, matched = self.tree.descend(blocks)
+    def _store(self, blocks: np.ndarray, now: float, expiry: float, refreshed_blocks: int,
+               matched_path: tuple[list[Node], int, int] | None = None) -> None:
+        """Write ``blocks`` with ``expiry``, refreshing the first ``refreshed_blocks`` (hits);
+        ``matched_path`` reuses a ``match`` the caller already made."""
+        path, matched, k = matched_path or self.tree.match(blocks)
+        path = self.tree.cut(path, k)
         depth = 0
         for node in path:
             depth += len(node)

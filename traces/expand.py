@@ -18,11 +18,10 @@ from traces.io import read_meta, scan
 
 @dataclass(slots=True)
 class _Sequence:
-    blocks: np.ndarray  # prompt blocks, extended by the output's blocks once a child needs them
+    blocks: np.ndarray  # prompt blocks
     input_tokens: int
     output_tokens: int
     children_left: int
-    with_output: bool = False
 
 
 class BlockExpander:
@@ -40,12 +39,9 @@ class BlockExpander:
     def sequence(self, request_id: str) -> np.ndarray:
         """Prompt plus output-completed blocks of an expanded request."""
         seq = self._seqs[request_id]
-        if not seq.with_output:
-            last = int(seq.blocks[-1]) if len(seq.blocks) else None
-            extra = output_block_hashes(last, request_id, seq.input_tokens, seq.output_tokens, self.bs)
-            seq.blocks = np.concatenate([seq.blocks, extra])
-            seq.with_output = True
-        return seq.blocks
+        last = int(seq.blocks[-1]) if len(seq.blocks) else None
+        extra = output_block_hashes(last, request_id, seq.input_tokens, seq.output_tokens, self.bs)
+        return np.concatenate([seq.blocks, extra])
 
     def prompt(self, request_id: str, parent_id: str | None, kept_blocks: int,
                new_block_hashes: np.ndarray, input_tokens: int, output_tokens: int) -> np.ndarray:
@@ -57,8 +53,11 @@ class BlockExpander:
             if parent_id not in self._seqs:
                 raise KeyError(f"request {request_id}: parent {parent_id} not expanded before it")
             parent = self._seqs[parent_id]
-            base = parent.blocks if kept_blocks <= len(parent.blocks) else self.sequence(parent_id)
-            blocks = np.concatenate([base[:kept_blocks], new])
+            if kept_blocks <= len(parent.blocks):
+                blocks = np.concatenate([parent.blocks[:kept_blocks], new])
+            else:  # it keeps blocks the parent's output completed
+                extra = self.sequence(parent_id)[len(parent.blocks):kept_blocks]
+                blocks = np.concatenate([parent.blocks, extra, new])
         if parent_id is not None and parent_id in self._seqs:
             parent = self._seqs[parent_id]
             parent.children_left -= 1

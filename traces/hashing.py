@@ -160,8 +160,16 @@ def output_block_hashes(
 
 @functools.lru_cache(maxsize=1 << 16)
 def _output_block_hashes(last_prompt_hash, request_id, input_tokens, output_tokens, block_size):
-    keys = output_block_keys(request_id, input_tokens, output_tokens, block_size)
-    hashes = chain_hashes(last_prompt_hash, keys)
+    n = output_block_count(input_tokens, output_tokens, block_size)
+    if n >= _SCALAR_RUN:
+        hashes = chain_hashes(last_prompt_hash, output_block_keys(request_id, input_tokens,
+                                                                  output_tokens, block_size))
+    else:  # a few blocks: plain ints beat numpy's per-call overhead (same arithmetic as advance)
+        base, state, out = string_key(request_id), state_of(last_prompt_hash), []
+        for j in range(n):
+            state = (state * P + mix_int((base + j) & MASK64)) & MASK64
+            out.append(mix_int(state))
+        hashes = np.array(out, dtype=np.uint64)
     hashes.flags.writeable = False
     return hashes
 
