@@ -152,6 +152,9 @@ def main(cfg: DictConfig) -> float | None:
     except (TraceError, ConfigError, OmegaConfBaseException) as exc:
         print(f"error: {exc}".splitlines()[0], file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # outside the replay loop (which keeps what finished): nothing to keep
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     print(f"\n{summary['trace']} on {summary['engine']}: {summary['model']} / {summary['hardware']} "
           f"x{summary['tp']} / cache {summary['cache']} / {summary['pricing']}"
           + ("  [interrupted: partial results]" if summary["interrupted"] else ""))
