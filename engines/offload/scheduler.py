@@ -90,15 +90,28 @@ class Instance:
         ``admit(seq, now)`` acquires a waiting call's blocks and starts its loads; it returns
         False when the call's KV does not fit yet.
         """
-        budget = self.max_batched_tokens
-        decoding = [s for s in self.running if s.prefill_left == 0 and s.decode_left > 0]
-        budget -= len(decoding)
-        chunks: list[tuple[Seq, int]] = []
+        # one pass over the running calls: who decodes (and their context sum, the nearest
+        # finish) and who still prefills
+        decoding: list[Seq] = []
+        prefilling: list[Seq] = []
+        ctx_sum, first_finish = 0, math.inf
         for s in self.running:
-            if s.prefill_left > 0 and self.ready(s) and budget > 0:
-                c = min(s.prefill_left, budget)
-                chunks.append((s, c))
-                budget -= c
+            if s.prefill_left == 0:
+                if s.decode_left > 0:
+                    decoding.append(s)
+                    ctx_sum += s.context
+                    if s.decode_left < first_finish:
+                        first_finish = s.decode_left
+            elif s.loads_pending == 0 or self.overlap_load:
+                prefilling.append(s)
+        budget = self.max_batched_tokens - len(decoding)
+        chunks: list[tuple[Seq, int]] = []
+        for s in prefilling:
+            if budget <= 0:
+                break
+            c = min(s.prefill_left, budget)
+            chunks.append((s, c))
+            budget -= c
         while self.waiting and budget > 0 and len(self.running) < self.max_running:
             seq = self.waiting[0]
             if not admit(seq, now):
@@ -112,13 +125,15 @@ class Instance:
         if not chunks and not decoding:
             self.step = None
             return
-        mean_ctx = sum(s.context for s in decoding) / len(decoding) if decoding else 0.0
-        step_s = self.roofline.step_s([(c, s.context) for s, c in chunks], len(decoding), mean_ctx)
+        mean_ctx = ctx_sum / len(decoding) if decoding else 0.0
         steps = 1
-        if not chunks:
+        if chunks:
+            step_s = self.roofline.step_s([(c, s.context) for s, c in chunks], len(decoding), mean_ctx)
+        else:
             # only decode runs and whoever waits cannot be admitted until a call finishes (or an
             # outside event): fast-forward to the first finish or that event
-            steps = min(s.decode_left for s in decoding)
+            step_s = self.roofline.step_s([], len(decoding), mean_ctx)
+            steps = int(first_finish)
             next_external_s = next_external()  # after admission: its loads count too
             if next_external_s < math.inf and step_s > 0:
                 steps = max(1, min(steps, math.ceil((next_external_s - now) / step_s)))
