@@ -15,7 +15,7 @@ from typing import Any
 
 from engines.base import Completion, Request
 from engines.deployment import Deployment
-from engines.kv_cache import Acquired, BlockCache
+from engines.kv_cache import Acquired, BlockCache, tier_report
 from engines.router import Router
 from engines.specs import ConfigError
 from traces.hashing import reusable_blocks
@@ -92,15 +92,4 @@ class AnalyticEngine:
         return done
 
     def stats(self) -> dict[str, Any]:
-        bs = self.block_size
-        per_tier = {}
-        for t, name in enumerate(self.tier_names):
-            s = [c.stats[t] for c in self.caches]
-            per_tier[name] = {
-                "written_tokens": sum(x.written for x in s) * bs,
-                "evicted_tokens": sum(x.evicted for x in s) * bs,
-                "loaded_tokens": sum(x.loaded for x in s) * bs,
-                "held_tokens_at_end": sum(c.used[t] for c in self.caches) * bs,
-                "overflow_tokens": max(x.overflow for x in s) * bs,
-            }
-        return {"block_size": bs, "tiers": per_tier}
+        return {"block_size": self.block_size, "tiers": tier_report(self.caches, self.block_size)}

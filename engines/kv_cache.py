@@ -198,9 +198,10 @@ class BlockCache:
     def insert(self, hashes: np.ndarray, now: float) -> None:
         """Store a block list unpinned (its missing tail goes to HBM)."""
         self.clock = now
-        if self.tree.match(hashes)[1] == len(hashes):
+        path, matched, k = self.tree.match(hashes)
+        if matched == len(hashes):
             return  # all there: a longer prompt already stored it (no need to split its run)
-        path, matched = self.tree.descend(hashes)
+        path = self.tree.cut(path, k)
         for node in path:
             node.stamp = max(node.stamp, now)
             if node.pins == 0:
@@ -287,6 +288,11 @@ class BlockCache:
         self._heaps[tier] = [(self.policy.priority(n), next(self._seq), n) for n in live.values()]
         heapq.heapify(self._heaps[tier])
 
+    def _note_overflow(self, t: int, reserved: int) -> None:
+        """Tier t stays over capacity (everything left is pinned or held): remember by how much."""
+        excess = int(self.used[t] + reserved - self.capacity[t])
+        self.stats[t].overflow = max(self.stats[t].overflow, excess)
+
     def _evict(self, t: int) -> None:
         """Demote (or drop) leaf runs in priority order until tier t fits."""
         heap = self._heaps[t]
@@ -294,16 +300,14 @@ class BlockCache:
         reserved = self.reserved if t == 0 else 0
         while self.used[t] + reserved > self.capacity[t]:
             if not heap:
-                excess = int(self.used[t] + reserved - self.capacity[t])
-                self.stats[t].overflow = max(self.stats[t].overflow, excess)
+                self._note_overflow(t, reserved)
                 return
             priority, _, node = heap[0]
             if not node.alive or node.pins or priority != self.policy.priority(node):
                 heapq.heappop(heap)
                 continue  # stale entry, or in use: pushed again when released
             if not self.policy.evictable(node, t, self.clock):
-                excess = int(self.used[t] + reserved - self.capacity[t])
-                self.stats[t].overflow = max(self.stats[t].overflow, excess)
+                self._note_overflow(t, reserved)
                 return  # the policy holds this run and so every later one
             heapq.heappop(heap)
             have = node.count_in_tier(t)
@@ -336,3 +340,19 @@ class BlockCache:
                 self._push(node, t)
             elif parent is not None and parent is not self.tree.root:
                 self._push(parent, t)  # the parent may have become a leaf in this tier
+
+
+def tier_report(caches: Sequence[BlockCache], block_size: int) -> dict[str, dict[str, int]]:
+    """Per tier, in tokens, summed over caches of the same tiers (one per instance)."""
+    report = {}
+    for t, name in enumerate(caches[0].names):
+        s = [c.stats[t] for c in caches]
+        report[name] = {
+            "written_tokens": sum(x.written for x in s) * block_size,
+            "evicted_tokens": sum(x.evicted for x in s) * block_size,
+            "dropped_tokens": sum(x.dropped for x in s) * block_size,
+            "loaded_tokens": sum(x.loaded for x in s) * block_size,
+            "held_tokens_at_end": sum(c.used[t] for c in caches) * block_size,
+            "overflow_tokens": max(x.overflow for x in s) * block_size,
+        }
+    return report

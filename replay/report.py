@@ -15,7 +15,7 @@ import click
 import polars as pl
 
 from replay.plots import DPI, plt
-from replay.sweep import markdown
+from replay.sweep import dotted_get, markdown, overrides_of, runs_in
 
 COLUMNS = {
     "reuse": "reuse", "ttft_p50_s": "ttft_s.p50", "ttft_p99_s": "ttft_s.p99",
@@ -28,13 +28,6 @@ COLUMNS = {
 }
 
 
-def _get(summary: dict[str, Any], dotted: str) -> Any:
-    value: Any = summary
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
 def find_runs(paths: list[Path]) -> list[Path]:
     """Run folders (holding summary.json) given directly or inside sweep folders."""
     runs: list[Path] = []
@@ -44,8 +37,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if (p / "summary.json").exists():
             runs.append(p)
         else:
-            found = sorted((s.parent for s in p.glob("*/summary.json")),
-                           key=lambda d: (len(d.name), d.name))
+            found = runs_in(p)
             if not found:
                 raise click.ClickException(f"{p}: neither a run folder (summary.json) nor a sweep folder")
             runs.extend(found)
@@ -53,12 +45,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def label_of(run: Path) -> str:
-    overrides = run / ".hydra" / "overrides.yaml"
-    if overrides.exists():
-        items = [line[2:].strip() for line in overrides.read_text().splitlines() if line.startswith("- ")]
-        if items:
-            return " ".join(items)
-    return run.name
+    return overrides_of(run) or run.name
 
 
 def table(runs: list[Path]) -> pl.DataFrame:
@@ -70,7 +57,7 @@ def table(runs: list[Path]) -> pl.DataFrame:
             row[name] = summary.get(name)
         for reuse_tier, share in (summary.get("reuse_by_tier") or {}).items():
             row[f"reuse_{reuse_tier}"] = share
-        row.update({k: _get(summary, v) for k, v in COLUMNS.items()})
+        row.update({k: dotted_get(summary, v) for k, v in COLUMNS.items()})
         rows.append(row)
     return pl.DataFrame(rows, infer_schema_length=None)
 

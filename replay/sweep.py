@@ -14,26 +14,35 @@ KEYS = ["reuse", "ttft_s.p50", "ttft_s.p99", "gpu_s", "self_hosted_usd_per_sessi
         "api_usd_per_session", "api_saving"]
 
 
-def _get(summary: dict[str, Any], dotted: str) -> Any:
+def dotted_get(summary: dict[str, Any], dotted: str) -> Any:
+    """``summary["ttft_s"]["p50"]`` for "ttft_s.p50"; None where a part is missing."""
     value: Any = summary
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value
 
 
+def runs_in(sweep_dir: Path) -> list[Path]:
+    """The run folders of a sweep (those with a summary.json), in job-number order."""
+    return sorted((s.parent for s in sweep_dir.glob("*/summary.json")),
+                  key=lambda d: (len(d.name), d.name))
+
+
+def overrides_of(run: Path) -> str:
+    """The command-line overrides a run was made with, as one line ("" if unknown)."""
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return ""
+    return " ".join(line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- "))
+
+
 def compare(sweep_dir: Path) -> pl.DataFrame:
     """One row per run folder under ``sweep_dir`` that has a summary.json."""
     rows = []
-    by_job_number = lambda p: (len(p.parent.name), p.parent.name)  # noqa: E731
-    for summary_path in sorted(sweep_dir.glob("*/summary.json"), key=by_job_number):
-        summary = json.loads(summary_path.read_text())
-        overrides_file = summary_path.parent / ".hydra" / "overrides.yaml"
-        overrides = ""
-        if overrides_file.exists():
-            overrides = " ".join(line[2:].strip() for line in overrides_file.read_text().splitlines()
-                                 if line.startswith("- "))
-        row = {"run": summary_path.parent.name, "overrides": overrides}
-        row.update({k: _get(summary, k) for k in KEYS})
+    for run in runs_in(sweep_dir):
+        summary = json.loads((run / "summary.json").read_text())
+        row = {"run": run.name, "overrides": overrides_of(run)}
+        row.update({k: dotted_get(summary, k) for k in KEYS})
         rows.append(row)
     return pl.DataFrame(rows)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from engines.base import Completion, Request
 from engines.deployment import Deployment
-from engines.kv_cache import BlockCache
+from engines.kv_cache import BlockCache, tier_report
 from engines.offload.links import Link
 from engines.offload.scheduler import Instance, Seq
 from engines.router import Router
@@ -142,24 +142,9 @@ class OffloadEngine:
 
     def stats(self) -> dict[str, Any]:
         bs = self.block_size
-        tiers: dict[str, Any] = {}
-        caches = [inst.cache for inst in self.instances]
-        for t, tier in enumerate(self.local_tiers):
-            s = [c.stats[t] for c in caches]
-            tiers[tier.name] = {
-                "written_tokens": sum(x.written for x in s) * bs,
-                "evicted_tokens": sum(x.evicted for x in s) * bs,
-                "dropped_tokens": sum(x.dropped for x in s) * bs,
-                "loaded_tokens": sum(x.loaded for x in s) * bs,
-                "held_tokens_at_end": sum(c.used[t] for c in caches) * bs,
-                "overflow_tokens": max(x.overflow for x in s) * bs,
-            }
+        tiers = tier_report([inst.cache for inst in self.instances], bs)
         if self.shared_cache is not None:
-            s = self.shared_cache.stats[0]
-            tiers[self.shared_tier.name] = {
-                "written_tokens": s.written * bs, "evicted_tokens": s.evicted * bs,
-                "dropped_tokens": s.dropped * bs, "loaded_tokens": s.loaded * bs,
-                "held_tokens_at_end": self.shared_cache.used[0] * bs, "overflow_tokens": 0}
+            tiers.update(tier_report([self.shared_cache], bs))
         links = {link.name: link.bytes_moved * self.tp for link in self._all_links()}
         return {"block_size": bs, "tiers": tiers, "link_bytes": links,
                 "preemptions": self.preemptions, "prefetched_tokens": self.prefetched_blocks * bs,

@@ -25,7 +25,7 @@ import torch
 
 from engines.base import Completion, Request
 from engines.deployment import engine_block_size
-from engines.kv_cache import Acquired, BlockCache
+from engines.kv_cache import Acquired, BlockCache, tier_report
 from engines.roofline import Roofline
 from engines.specs import ConfigError, HardwareSpec, ModelSpec
 from engines.torch_engine.kv_pool import KVPool, TieredKV
@@ -158,11 +158,8 @@ class TorchEngine:
         return done
 
     def stats(self) -> dict[str, Any]:
-        bs = self.block_size
-        return {"block_size": bs, "kv_bytes_moved": dict(self.kv.bytes_moved),
-                "tiers": {name: {"written_tokens": s.written * bs, "evicted_tokens": s.evicted * bs,
-                                 "loaded_tokens": s.loaded * bs} for name, s in zip(
-                                     self.tier_names, self.cache.stats, strict=True)}}
+        return {"block_size": self.block_size, "kv_bytes_moved": dict(self.kv.bytes_moved),
+                "tiers": tier_report([self.cache], self.block_size)}
 
     # -- one step ---------------------------------------------------------------------------
     def _step(self) -> None:

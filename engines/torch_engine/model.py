@@ -20,6 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.attention.bias import causal_lower_right
 
+from engines.specs import ModelSpec
+
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -37,8 +39,10 @@ class ModelArgs:
 
     @classmethod
     def from_model_cfg(cls, cfg: Mapping[str, Any]) -> ModelArgs:
-        return cls(int(cfg["layers"]), int(cfg["hidden"]), int(cfg["heads"]), int(cfg["kv_heads"]),
-                   int(cfg["head_dim"]), int(cfg["intermediate"]), int(cfg["vocab"]),
+        """From a conf/model yaml: the shape as ``ModelSpec`` reads (and checks) it, plus the
+        knobs only a real forward pass needs."""
+        m = ModelSpec.from_cfg(cfg)
+        return cls(m.layers, m.hidden, m.heads, m.kv_heads, m.head_dim, m.intermediate, m.vocab,
                    float(cfg.get("rope_theta", 10000.0)), float(cfg.get("norm_eps", 1e-5)),
                    bool(cfg.get("qkv_bias", False)), bool(cfg.get("tie_embeddings", False)))
 

@@ -107,6 +107,12 @@ def need(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], minimum: 
     return value
 
 
+def optional(obj: dict[str, Any], key: str, kind: type | tuple[type, ...],
+             minimum: float | None = None) -> Any:
+    """An optional field: None when absent, else checked as ``need`` checks it."""
+    return None if obj.get(key) is None else need(obj, key, kind, minimum)
+
+
 def need_ids(obj: dict[str, Any], key: str) -> list[int]:
     ids = need(obj, key, list)
     if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):

@@ -15,7 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from traces.hashing import mix64
-from traces.importers.common import Call, Problems, Skip, expand_paths, need, need_ids, read_jsonl
+from traces.importers.common import (
+    Call,
+    Problems,
+    Skip,
+    expand_paths,
+    need,
+    need_ids,
+    optional,
+    read_jsonl,
+)
 
 DEFAULT_BLOCK_SIZE = 512
 WORKLOAD = "mooncake"
@@ -46,9 +55,7 @@ def _call(obj: dict, path: Path, number: int, bs: int, last_in_session: dict[str
     blocks = ids_to_blocks(need_ids(obj, "hash_ids"), n_in // bs)
     request_id = f"{path.stem}:{number}"
     session = obj.get("session_id")
-    delay = obj.get("delay")
-    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0):
-        raise Skip(f"field 'delay' should be a number of ms >= 0, got {delay!r:.40}")
+    delay = optional(obj, "delay", (int, float), 0)  # ms
     if session is None:
         return Call(request_id, request_id, ts / 1000.0, n_in, n_out, blocks)
     session = str(session)

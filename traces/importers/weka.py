@@ -13,7 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from traces.hashing import string_key
-from traces.importers.common import Call, Problems, Skip, expand_paths, need, need_ids, read_jsonl
+from traces.importers.common import (
+    Call,
+    Problems,
+    Skip,
+    expand_paths,
+    need,
+    need_ids,
+    optional,
+    read_jsonl,
+)
 from traces.importers.mooncake import ids_to_blocks
 
 DEFAULT_BLOCK_SIZE = 64
@@ -62,9 +71,7 @@ def _request(r: dict[str, Any], session: str, rid: str, bs: int, salt: int, agen
     if not isinstance(r, dict):
         raise Skip(f"request {rid} is not an object")
     n_in = need(r, "in", int, 1)
-    think = r.get("think_time")
-    if think is not None and (isinstance(think, bool) or not isinstance(think, (int, float)) or think < 0):
-        raise Skip(f"request {rid}: think_time should be a number >= 0")
+    think = optional(r, "think_time", (int, float), 0)
     return Call(session, rid, float(need(r, "t", (int, float), 0)), n_in, need(r, "out", int, 0),
                 ids_to_blocks(need_ids(r, "hash_ids"), n_in // bs, salt), agent=agent,
                 think_s=float(think) if think is not None else None, model=r.get("model"))
