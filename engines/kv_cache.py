@@ -330,7 +330,7 @@ class BlockCache:
                 self._push(node, t + 1)
             else:
                 self.stats[t].dropped += k
-                if self.on_drop is not None:
+                if last and self.on_drop is not None:  # a run refused by admission is not handed on
                     self.on_drop(self.tree.path_hashes(node), self.clock)
                 if k == len(node):
                     self.tree.remove(node)

@@ -64,3 +64,19 @@ def test_last_tier_drops_lru():
         cache.release(cache.acquire(H(b), float(t)), float(t))
     assert cache.lookup(H(3)) == [1, 0] and cache.lookup(H(2)) == [0, 1] and cache.lookup(H(1)) == [0, 0]
     assert cache.stats[1].evicted == 1
+
+
+def test_only_the_last_tier_hands_dropped_runs_on():
+    handed = []
+    cache = BlockCache([1, 1], ["hbm", "dram"], admit_min_uses=2,
+                       on_drop=lambda hashes, now: handed.append(hashes.tolist()))
+    cache.release(cache.acquire(H(1), 0.0), 0.0)  # used once: refused by DRAM's admission
+    cache.release(cache.acquire(H(2), 1.0), 1.0)
+    assert handed == [] and cache.stats[0].dropped == 1
+    for t in (2.0, 3.0):
+        cache.release(cache.acquire(H(2), t), t)  # used three times: admitted to DRAM
+    cache.release(cache.acquire(H(5), 4.0), 4.0)
+    cache.release(cache.acquire(H(5), 5.0), 5.0)
+    cache.release(cache.acquire(H(6), 6.0), 6.0)
+    cache.release(cache.acquire(H(6), 7.0), 7.0)
+    assert [2] in handed  # DRAM (the last tier) let block 2 go: it is handed on
