@@ -150,7 +150,7 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
                         send = done.finish_s + rows[child]["think_s"]
                         heapq.heappush(queue, (send, next(seq), child))
                         if expect is not None:  # the engine may prefetch the child's prefix
-                            expect(request.session_id, request.sequence_blocks(), send)
+                            expect(request, send)
                 continue
             t, _, i = heapq.heappop(queue)
             r = rows[i]

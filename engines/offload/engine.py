@@ -107,12 +107,13 @@ class OffloadEngine:
         if inst.step is None:
             self._plan(inst, now)
 
-    def expect(self, session_id: str, blocks: np.ndarray, at: float) -> None:
-        """A call of this session, extending ``blocks``, will be sent at ``at``: prefetch."""
+    def expect(self, parent: Request, at: float) -> None:
+        """A call continuing ``parent`` will be sent at ``at``: prefetch its prefix (the parent's
+        prompt and output blocks)."""
         if not self.prefetch:
             return
-        blocks = self.deployment.blocks(blocks)
-        inst = self._route(session_id, blocks, peek=True)
+        blocks = self.deployment.blocks(parent.sequence_blocks())
+        inst = self._route(parent.session_id, blocks, peek=True)
         heapq.heappush(self._prefetches, (max(at - self.prefetch_lead_s, self.clock), next(self._seq),
                                           inst, blocks))
 
