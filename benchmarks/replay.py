@@ -1,8 +1,11 @@
 """Replay speed and memory: the whole pipeline (runner, engine, API cache model, metrics) on a
-coding-agent trace of ~100k calls.
+coding-agent trace of ~100k calls (the generator's defaults: a new session every ~50 s), served
+by 4 instances of Llama-3.1-70B on 8 H100s each, which keep up with that load (no queue).
 
-Target on a 2-core machine: analytic >= 20,000 calls/s.
+Targets on a 2-core machine: analytic >= 20,000 calls/s; offload (three tiers) >= 5,000 calls/s
+and peak RSS <= 2 GiB.
 Usage: python -m benchmarks.replay [--sessions 520] [--engine analytic] [--cache hbm_dram]
+       [--instances 4] [hydra overrides...]
 """
 
 from __future__ import annotations
@@ -24,15 +27,16 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=520, help="~190 calls each")
     parser.add_argument("--engine", default="analytic")
     parser.add_argument("--cache", default="hbm_dram")
+    parser.add_argument("--instances", type=int, default=4)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "coding.parquet"
-        generate(load_config("coding_agent", [f"sessions={args.sessions}",
-                                              "arrival.rate_per_s=0.2"]), trace)
+        generate(load_config("coding_agent", [f"sessions={args.sessions}"]), trace)
         with initialize_config_module(version_base=None, config_module="conf"):
             cfg = compose("config", overrides=[
-                f"engine={args.engine}", f"cache={args.cache}", "trace=file", f"trace.path={trace}",
+                f"engine={args.engine}", f"cache={args.cache}", f"instances={args.instances}",
+                "trace=file", f"trace.path={trace}",
                 "replay.progress=false", "plots=false", *args.overrides])
         start = time.perf_counter()
         summary = run(cfg, Path(tmp))
@@ -40,6 +44,7 @@ def main() -> None:
     report(f"replay {args.engine} / {args.cache}, {summary['calls']:,} coding-agent calls", {
         "engine": args.engine,
         "cache": args.cache,
+        "instances": args.instances,
         "calls": summary["calls"],
         "seconds": round(seconds, 2),
         "calls_per_s": round(summary["calls"] / seconds, 1),

@@ -1,15 +1,16 @@
 """The analytic engine: a closed-form roofline per call with the shared prefix cache.
 
-Each call takes one of an instance's ``concurrency`` slots in FCFS order. Its TTFT is the wait
-for a slot, the load of cached KV from lower tiers over their links, and the prefill of the
-uncached tokens; its decode runs at the step time of a batch of ``concurrency`` sequences.
-No batching interplay beyond that: fast enough for millions of calls.
+Each instance serves ``concurrency`` calls at once; the rest wait in FCFS order. A call looks
+up and pins its cached prefix when it starts (so only running calls hold KV), and its TTFT is
+the wait for a slot, the load of cached KV from lower tiers over their links, and the prefill
+of the uncached tokens; its decode runs at the step time of a batch of ``concurrency``
+sequences. No batching interplay beyond that: fast enough for millions of calls.
 """
-
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,18 +41,31 @@ class AnalyticEngine:
         policy = str(cache.get("eviction", "lru"))
         self.caches = [BlockCache(capacities, self.tier_names, policy) for _ in range(d.instances)]
         self.router = Router(router, d.instances)
-        self._slots = [[0.0] * self.concurrency for _ in range(d.instances)]
+        self._free = [self.concurrency] * d.instances  # idle slots per instance
+        self._waiting: list[deque[Request]] = [deque() for _ in range(d.instances)]
         self._events: list[tuple[float, int, Completion, Acquired, Request]] = []
         self._seq = itertools.count()
 
     def submit(self, request: Request, now: float) -> None:
+        inst = 0
+        if len(self.caches) > 1:
+            blocks = self.deployment.blocks(request.blocks)
+            in_system = [self.concurrency - free + len(waiting)
+                         for free, waiting in zip(self._free, self._waiting, strict=True)]
+            inst = self.router.pick(request.session_id, in_system,
+                                    lambda i: sum(self.caches[i].lookup(blocks)))
+        if self._free[inst]:
+            self._free[inst] -= 1
+            self._start(request, inst, now)
+        else:
+            self._waiting[inst].append(request)
+
+    def _start(self, request: Request, inst: int, now: float) -> None:
+        """A call takes a slot at ``now``: pin its prefix, price its load, prefill and decode."""
         bs, roof = self.block_size, self.roofline
-        blocks = self.deployment.blocks(request.blocks)
-        inst = self.router.pick(request.session_id, [s[0] for s in self._slots],
-                                lambda i: sum(self.caches[i].lookup(blocks)))
-        acquired = self.caches[inst].acquire(blocks, now, reusable=reusable_blocks(request.input_tokens, bs))
+        acquired = self.caches[inst].acquire(self.deployment.blocks(request.blocks), now,
+                                             reusable=reusable_blocks(request.input_tokens, bs))
         hits = acquired.hits
-        reused = {name: h * bs for name, h in zip(self.tier_names, hits, strict=True)}
         reused_tokens = acquired.hit_blocks * bs
         prefilled = request.input_tokens - reused_tokens
         load_s = loaded_bytes = 0.0
@@ -61,20 +75,19 @@ class AnalyticEngine:
                 load_s += roof.load_s(self.tiers[t], nbytes)
                 loaded_bytes += nbytes * self.tp
         prefill_s = roof.prefill_s(prefilled, reused_tokens)
-        ttft_work = max(load_s, prefill_s) if self.overlap_load else load_s + prefill_s
-        start = max(now, heapq.heappop(self._slots[inst]))
-        first_token = start + ttft_work
+        first_token = now + (max(load_s, prefill_s) if self.overlap_load else load_s + prefill_s)
         tpot = roof.decode_step_s(self.concurrency, request.input_tokens + request.output_tokens / 2)
         decode_s = tpot * max(request.output_tokens - 1, 0)
         finish = first_token + decode_s
-        heapq.heappush(self._slots[inst], finish)
         no_reuse_prefill = roof.prefill_s(request.input_tokens)
         decode_share = decode_s / self.concurrency
         completion = Completion(
-            request_id=request.request_id, instance=inst, start_s=start, first_token_s=first_token,
-            finish_s=finish, reused_tokens_by_tier=reused, prefilled_tokens=prefilled,
-            loaded_bytes=loaded_bytes, gpu_s=self.tp * (prefill_s + decode_share),
-            no_reuse_prefill_s=no_reuse_prefill, no_reuse_gpu_s=self.tp * (no_reuse_prefill + decode_share),
+            request_id=request.request_id, instance=inst, start_s=now, first_token_s=first_token,
+            finish_s=finish, prefilled_tokens=prefilled,
+            reused_tokens_by_tier={n: h * bs for n, h in zip(self.tier_names, hits, strict=True)},
+            loaded_bytes=loaded_bytes,
+            gpu_s=self.tp * (prefill_s + decode_share), no_reuse_prefill_s=no_reuse_prefill,
+            no_reuse_gpu_s=self.tp * (no_reuse_prefill + decode_share),
             extra={"tpot_s": tpot, "load_s": load_s},
         )
         heapq.heappush(self._events, (finish, next(self._seq), completion, acquired, request))
@@ -86,9 +99,14 @@ class AnalyticEngine:
         done = []
         while self._events and self._events[0][0] <= until:
             finish, _, completion, acquired, request = heapq.heappop(self._events)
+            inst = completion.instance
             output = self.deployment.output_blocks(request) if self.cache_output_blocks else None
-            self.caches[completion.instance].release(acquired, finish, output)
+            self.caches[inst].release(acquired, finish, output)
             done.append(completion)
+            if self._waiting[inst]:  # the freed slot goes to the longest-waiting call
+                self._start(self._waiting[inst].popleft(), inst, finish)
+            else:
+                self._free[inst] += 1
         return done
 
     def stats(self) -> dict[str, Any]:

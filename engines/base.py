@@ -11,13 +11,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from traces.hashing import output_block_hashes
-
 
 @dataclass(slots=True)
 class Request:
     """One call as an engine sees it. ``blocks`` is the prompt's full block list at the trace's
-    block size (``trace_block_size``)."""
+    block size (``trace_block_size``); ``output_blocks`` the blocks its output completes after
+    it (``traces.hashing.output_block_hashes``), which a child's prompt may keep."""
 
     request_id: str
     session_id: str
@@ -28,16 +27,11 @@ class Request:
     output_tokens: int
     blocks: np.ndarray
     trace_block_size: int
-
-    def output_blocks(self) -> np.ndarray:
-        """Blocks the call's output completes, at the trace's block size."""
-        last = int(self.blocks[-1]) if len(self.blocks) else None
-        return output_block_hashes(last, self.request_id, self.input_tokens, self.output_tokens,
-                                   self.trace_block_size)
+    output_blocks: np.ndarray
 
     def sequence_blocks(self) -> np.ndarray:
         """Prompt blocks followed by the output-completed ones."""
-        return np.concatenate([self.blocks, self.output_blocks()])
+        return np.concatenate([self.blocks, self.output_blocks])
 
 
 @dataclass(slots=True)

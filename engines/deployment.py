@@ -65,5 +65,5 @@ class Deployment:
     def output_blocks(self, request: Request) -> np.ndarray:
         """At the engine's block size, the blocks a call's output completes after its prompt."""
         if self.factor == 1:
-            return request.output_blocks()
+            return request.output_blocks
         return self.blocks(request.sequence_blocks())[len(request.blocks) // self.factor:]

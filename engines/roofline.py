@@ -46,7 +46,12 @@ def decode_step_bytes(model: ModelSpec, batch: int, context_tokens: float) -> fl
 
 
 class Roofline:
-    """The formulas above against one instance's derated peaks (tp GPUs)."""
+    """The formulas above against one instance's derated peaks (tp GPUs).
+
+    Every formula is linear in three quantities: tokens through the dense layers, causal
+    (query, key) pairs, and KV tokens read or written. So the constructor turns each into
+    seconds once (from the formulas themselves) and every time is ``_seconds`` of those three.
+    """
 
     def __init__(self, model: ModelSpec, hw: HardwareSpec, tp: int) -> None:
         self.model = model
@@ -54,42 +59,49 @@ class Roofline:
         self.dense_per_s = tp * hw.flops * hw.flops_efficiency
         self.attention_per_s = tp * hw.flops * hw.attention_efficiency
         self.bytes_per_s = tp * hw.hbm_bw * hw.hbm_efficiency
+        dense_per_token, _ = prefill_flops_split(model, 1)
+        weights = prefill_bytes(model, 0)
+        self._token_s = dense_per_token / self.dense_per_s
+        self._pair_s = attention_flops(model, 1) / self.attention_per_s
+        self._weights_s = weights / self.bytes_per_s
+        self._kv_token_s = (prefill_bytes(model, 1) - weights) / self.bytes_per_s
+        self._overhead_s = hw.overhead_s
 
-    def _time(self, dense: float, attention: float, nbytes: float) -> float:
-        compute = dense / self.dense_per_s + attention / self.attention_per_s
-        return self.hw.overhead_s + max(compute, nbytes / self.bytes_per_s)
+    def _seconds(self, tokens: float, pairs: float, kv_tokens: float) -> float:
+        """One forward pass: the larger of compute and bytes, plus the fixed overhead."""
+        compute = tokens * self._token_s + pairs * self._pair_s
+        memory = self._weights_s + kv_tokens * self._kv_token_s
+        return self._overhead_s + (compute if compute > memory else memory)
 
     def prefill_s(self, new_tokens: float, cached_tokens: float = 0) -> float:
         """Time to prefill ``new_tokens`` after ``cached_tokens``."""
         if new_tokens <= 0:
             return 0.0
-        return self._time(*prefill_flops_split(self.model, new_tokens, cached_tokens),
-                          prefill_bytes(self.model, new_tokens, cached_tokens))
+        n, c = new_tokens, cached_tokens
+        return self._seconds(n, n * c + n * n / 2.0, c + n)
 
     def decode_step_s(self, batch: int, context_tokens: float) -> float:
         """One decode step of ``batch`` sequences of ``context_tokens`` each."""
         batch = max(int(batch), 1)
-        return self._time(*decode_flops_split(self.model, batch, context_tokens),
-                          decode_step_bytes(self.model, batch, context_tokens))
+        return self._seconds(batch, batch * context_tokens, batch * context_tokens)
 
     def step_s(self, prefill_chunks: list[tuple[int, int]], decode_batch: int = 0,
                decode_context_tokens: float = 0.0) -> float:
         """One iteration of continuous batching: prefill chunks (new tokens, tokens already in
         the sequence) and ``decode_batch`` sequences decoding one token each at a mean context
         of ``decode_context_tokens``; the weights are read once for the whole step."""
-        m = self.model
-        dense = attention = nbytes = 0.0
+        tokens = pairs = kv_tokens = 0.0
         for n, c in prefill_chunks:
-            d, a = prefill_flops_split(m, n, c)
-            dense, attention = dense + d, attention + a
-            nbytes += prefill_bytes(m, n, c) - m.active_weight_bytes
+            tokens += n
+            pairs += n * c + n * n / 2.0
+            kv_tokens += c + n
         if decode_batch:
-            d, a = decode_flops_split(m, decode_batch, decode_context_tokens)
-            dense, attention = dense + d, attention + a
-            nbytes += decode_step_bytes(m, decode_batch, decode_context_tokens) - m.active_weight_bytes
-        if not dense:
+            tokens += decode_batch
+            pairs += decode_batch * decode_context_tokens
+            kv_tokens += decode_batch * decode_context_tokens
+        if not tokens:
             return 0.0
-        return self._time(dense, attention, nbytes + m.active_weight_bytes)
+        return self._seconds(tokens, pairs, kv_tokens)
 
     def load_s(self, tier: TierSpec, bytes_per_gpu: float) -> float:
         """Bring KV from ``tier`` into HBM: every GPU loads its own shard over its own link, in

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from engines.base import Completion, Engine, Request
 from engines.specs import ConfigError
-from traces.expand import BlockExpander, children_counts
+from traces.expand import BlockExpander, CallBlocks, children_counts
+from traces.hashing import output_block_hashes
 from traces.io import read_meta, scan
 
 MODES = ("open", "closed")
@@ -110,10 +111,7 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
     meta = read_meta(path)
     calls = prepare_calls(path, opts)
     n = calls.height
-    hashes = calls["new_block_hashes"]
-    flat = hashes.explode().drop_nulls().to_numpy().astype(np.uint64, copy=False)
-    ends = np.cumsum(hashes.list.len().fill_null(0).to_numpy())
-    begins = ends - hashes.list.len().fill_null(0).to_numpy()
+    call_blocks = CallBlocks(calls, meta.block_size)
     rows = calls.drop("new_block_hashes").to_dicts()
     expander = BlockExpander(meta.block_size, children_counts(calls))
     children: dict[str, list[int]] = {}
@@ -154,10 +152,15 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
                 continue
             t, _, i = heapq.heappop(queue)
             r = rows[i]
-            blocks = expander.prompt(r["request_id"], r["parent_id"], r["kept_blocks"],
-                                     flat[begins[i]:ends[i]], r["input_tokens"], r["output_tokens"])
-            request = Request(r["request_id"], r["session_id"], r["turn"], r["workload"], t,
-                              r["input_tokens"], r["output_tokens"], blocks, meta.block_size)
+            rid, inp, out = r["request_id"], r["input_tokens"], r["output_tokens"]
+            output = call_blocks.output(i)
+            blocks = expander.prompt(rid, r["parent_id"], r["kept_blocks"], call_blocks.new(i), inp, out,
+                                     output)
+            if output is None:
+                output = output_block_hashes(int(blocks[-1]) if len(blocks) else None, rid, inp, out,
+                                             meta.block_size)
+            request = Request(rid, r["session_id"], r["turn"], r["workload"], t, inp, out, blocks,
+                              meta.block_size, output)
             on_send(r, request, t)
             engine.submit(request, t)
             in_flight[r["request_id"]] = (i, request)

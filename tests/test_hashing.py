@@ -9,8 +9,10 @@ from traces.hashing import (
     mix64,
     output_block_count,
     output_block_hashes,
+    output_block_hashes_many,
     reblock,
     reusable_blocks,
+    state_of,
     string_key,
     unmix64,
 )
@@ -65,6 +67,18 @@ def test_output_completed_blocks_by_hand():
     assert [int(h) for h in got] == by_hand(state, [key])
     got3 = output_block_hashes(None, "r", 10, 200, 64)
     assert [int(h) for h in got3] == by_hand(0, [string_key("r") + j for j in range(3)])
+
+
+def test_many_calls_output_blocks_in_one_pass_equal_one_at_a_time():
+    # 3 blocks (prompt 10 + 200 tokens), none, 1, and 40 (past the scalar cut-over)
+    calls = [(None, "r", 10, 200), (7, "a", 128, 0), (0xDEADBEEF, "s-7", 100, 50), (42, "x", 64, 2560)]
+    flat, offsets = output_block_hashes_many(
+        np.array([state_of(h) for h, *_ in calls], dtype=np.uint64), [c[1] for c in calls],
+        np.array([c[2] for c in calls]), np.array([c[3] for c in calls]), 64)
+    assert offsets.tolist() == [0, 3, 3, 4, 44]
+    for i, (prev, rid, inp, out) in enumerate(calls):
+        one = output_block_hashes(prev, rid, inp, out, 64)
+        assert flat[offsets[i]:offsets[i + 1]].tolist() == one.tolist()
 
 
 def test_reblock_takes_every_kth_hash():

@@ -95,3 +95,23 @@ def test_minimum_length_and_increments(load_conf):
     got = cache.call(long, 1.0, 2600, 0)
     assert got.cached_tokens == 1280 and got.written_tokens == 0  # 1,280 is 10 x 128
     assert got.cost_usd == pytest.approx((1280 * 0.125 + 1320 * 1.25) / 1e6)
+
+
+def test_a_call_waiting_for_a_slot_holds_no_kv(tmp_path):
+    # One slot, HBM of 3 blocks (4 tokens, 4 bytes a token: 16 bytes a block). x-0 and y-0 arrive
+    # together with disjoint 3-block prompts; y-0 waits for x-0's slot, so only one call's blocks
+    # are ever pinned: no overflow, and y-0's start evicts x-0's 3 unpinned blocks (12 tokens).
+    path = write(tmp_path / "t.parquet", [
+        row("x", 0, 12, [1, 2, 3], arrival_s=0.0),
+        row("y", 0, 12, [4, 5, 6], arrival_s=0.0),
+    ])
+    out = tmp_path / "run"
+    out.mkdir()
+    summary = run(compose_cfg([*SIMPLE, "trace=file", f"trace.path={path}",
+                               "cache.tiers.0.capacity_bytes=48"]), out)
+    by = {r["request_id"]: r for r in pl.read_parquet(out / "requests.parquet").iter_rows(named=True)}
+    assert by["y-0"]["start_s"] == pytest.approx(by["x-0"]["finish_s"])
+    assert by["y-0"]["queue_s"] == pytest.approx(prefill(12, 0))
+    hbm = summary["engine_stats"]["tiers"]["hbm"]
+    assert hbm["overflow_tokens"] == 0
+    assert hbm["evicted_tokens"] == 12 and hbm["held_tokens_at_end"] == 12

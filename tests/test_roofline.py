@@ -54,7 +54,8 @@ def test_100k_prefill_on_70b_tp8_h100_is_physical():
     assert floor == pytest.approx(3.44, rel=0.01)
     t = Roofline(m, hw, 8).prefill_s(n)
     assert 1.2 * floor <= t <= 3.0 * floor
-    assert Roofline(m, hardware("h100_sxm", flops=1.0, hbm=1.0), 8).prefill_s(n) >= floor
+    # at 100% efficiency it reaches the floor (up to float rounding), never below
+    assert Roofline(m, hardware("h100_sxm", flops=1.0, hbm=1.0), 8).prefill_s(n) >= floor * (1 - 1e-12)
 
 
 def test_tp8_reload_uses_eight_links_in_parallel():

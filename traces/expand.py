@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from traces.hashing import output_block_hashes
+from traces.hashing import output_block_hashes, output_block_hashes_many, unmix64
 from traces.io import read_meta, scan
 
 
@@ -22,6 +22,35 @@ class _Sequence:
     input_tokens: int
     output_tokens: int
     children_left: int
+    output: np.ndarray | None  # output-completed blocks, if the caller had them
+
+
+class CallBlocks:
+    """The block arrays of a table of calls, flattened once: each call's new prompt blocks and,
+    where its own row fixes its last prompt block (it adds blocks, or has none at all), the
+    blocks its output completes, hashed for all such calls in one numpy pass."""
+
+    def __init__(self, calls: pl.DataFrame, block_size: int) -> None:
+        hashes = calls["new_block_hashes"]
+        lens = hashes.list.len().fill_null(0).to_numpy()
+        self.flat = hashes.explode().drop_nulls().to_numpy().astype(np.uint64, copy=False)
+        self.ends = np.cumsum(lens)
+        self.begins = self.ends - lens
+        adds = lens > 0
+        self.known = adds | (calls["kept_blocks"].to_numpy() == 0)
+        states = np.zeros(calls.height, dtype=np.uint64)
+        states[adds] = unmix64(self.flat[self.ends[adds] - 1])
+        known = self.known
+        self.outputs, self.output_offsets = output_block_hashes_many(
+            states, calls["request_id"].to_list(), np.where(known, calls["input_tokens"].to_numpy(), 0),
+            np.where(known, calls["output_tokens"].to_numpy(), 0), block_size)
+
+    def new(self, i: int) -> np.ndarray:
+        return self.flat[self.begins[i]:self.ends[i]]
+
+    def output(self, i: int) -> np.ndarray | None:
+        """Call i's output blocks, or None where they need its expanded prompt."""
+        return self.outputs[self.output_offsets[i]:self.output_offsets[i + 1]] if self.known[i] else None
 
 
 class BlockExpander:
@@ -38,14 +67,21 @@ class BlockExpander:
 
     def sequence(self, request_id: str) -> np.ndarray:
         """Prompt plus output-completed blocks of an expanded request."""
+        return np.concatenate([self._seqs[request_id].blocks, self._output(request_id)])
+
+    def _output(self, request_id: str) -> np.ndarray:
         seq = self._seqs[request_id]
-        last = int(seq.blocks[-1]) if len(seq.blocks) else None
-        extra = output_block_hashes(last, request_id, seq.input_tokens, seq.output_tokens, self.bs)
-        return np.concatenate([seq.blocks, extra])
+        if seq.output is None:
+            last = int(seq.blocks[-1]) if len(seq.blocks) else None
+            seq.output = output_block_hashes(last, request_id, seq.input_tokens, seq.output_tokens,
+                                             self.bs)
+        return seq.output
 
     def prompt(self, request_id: str, parent_id: str | None, kept_blocks: int,
-               new_block_hashes: np.ndarray, input_tokens: int, output_tokens: int) -> np.ndarray:
-        """The full block list of one request's prompt."""
+               new_block_hashes: np.ndarray, input_tokens: int, output_tokens: int,
+               output: np.ndarray | None = None) -> np.ndarray:
+        """The full block list of one request's prompt (``output``: its output blocks, if the
+        caller has them, kept for its children instead of hashed again)."""
         new = np.asarray(new_block_hashes, dtype=np.uint64)
         if parent_id is None or kept_blocks == 0:
             blocks = new
@@ -56,7 +92,7 @@ class BlockExpander:
             if kept_blocks <= len(parent.blocks):
                 blocks = np.concatenate([parent.blocks[:kept_blocks], new])
             else:  # it keeps blocks the parent's output completed
-                extra = self.sequence(parent_id)[len(parent.blocks):kept_blocks]
+                extra = self._output(parent_id)[:kept_blocks - len(parent.blocks)]
                 blocks = np.concatenate([parent.blocks, extra, new])
         if parent_id is not None and parent_id in self._seqs:
             parent = self._seqs[parent_id]
@@ -65,7 +101,7 @@ class BlockExpander:
                 del self._seqs[parent_id]
         n_children = -1 if self.children is None else self.children.get(request_id, 0)
         if n_children != 0:
-            self._seqs[request_id] = _Sequence(blocks, input_tokens, output_tokens, n_children)
+            self._seqs[request_id] = _Sequence(blocks, input_tokens, output_tokens, n_children, output)
         return blocks
 
 

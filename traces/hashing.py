@@ -13,7 +13,6 @@ Blocks that a call's *output* completes get keys derived from its request_id
 
 from __future__ import annotations
 
-import functools
 import hashlib
 
 import numpy as np
@@ -103,10 +102,20 @@ def advance(state: int, content_keys: np.ndarray) -> tuple[np.ndarray, int]:
             state = (state * P + mix_int(key)) & MASK64
             out[i] = mix_int(state)
         return out, state
-    keys = mix64(content_keys)
-    pos, neg = _POWERS.upto(n)
-    states = pos[1 : n + 1] * (np.cumsum(keys * neg[1 : n + 1], dtype=np.uint64) + _U(state))
+    states = _inner_states(np.array([state], dtype=np.uint64), content_keys, np.array([n]))
     return mix64(states), int(states[-1])
+
+
+def _inner_states(states: np.ndarray, content_keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Inner chain states of several runs at once: run r starts from ``states[r]`` and hashes the
+    next ``counts[r]`` keys of ``content_keys`` (runs back to back). A segmented prefix sum."""
+    counts = np.asarray(counts, dtype=np.int64)
+    starts = np.cumsum(counts) - counts
+    local = np.arange(len(content_keys), dtype=np.int64) - np.repeat(starts, counts)  # j in its run
+    pos, neg = _POWERS.upto(int(counts.max(initial=0)))
+    sums = np.cumsum(mix64(content_keys) * neg[local + 1], dtype=np.uint64)
+    before = np.concatenate([_EMPTY, [_U(0)], sums])[starts]  # the running sum where each run starts
+    return pos[local + 1] * (sums - np.repeat(before - states, counts))
 
 
 def state_of(prev_hash: int | None) -> int:
@@ -149,29 +158,38 @@ def output_block_hashes(
     output_tokens: int,
     block_size: int,
 ) -> np.ndarray:
-    """Hashes of the blocks a call's output completes (read-only array).
+    """Hashes of the blocks a call's output completes.
 
     Block j's key is ``string_key(request_id) + j``: the request id names the prompt (hence its
     partial last block) and the output, so the key is a function of the block's tokens.
-    Memoised: a replay asks twice for the same call (its child's expansion, the engine's cache).
     """
-    return _output_block_hashes(last_prompt_hash, request_id, input_tokens, output_tokens, block_size)
+    return chain_hashes(last_prompt_hash, output_block_keys(request_id, input_tokens, output_tokens,
+                                                            block_size))
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _output_block_hashes(last_prompt_hash, request_id, input_tokens, output_tokens, block_size):
-    n = output_block_count(input_tokens, output_tokens, block_size)
-    if n >= _SCALAR_RUN:
-        hashes = chain_hashes(last_prompt_hash, output_block_keys(request_id, input_tokens,
-                                                                  output_tokens, block_size))
-    else:  # a few blocks: plain ints beat numpy's per-call overhead (same arithmetic as advance)
-        base, state, out = string_key(request_id), state_of(last_prompt_hash), []
-        for j in range(n):
-            state = (state * P + mix_int((base + j) & MASK64)) & MASK64
-            out.append(mix_int(state))
-        hashes = np.array(out, dtype=np.uint64)
-    hashes.flags.writeable = False
-    return hashes
+_BATCH_ROWS = 1 << 16  # calls per numpy pass: bounds the temporaries on big traces
+
+
+def output_block_hashes_many(prev_states: np.ndarray, request_ids: list[str],
+                             input_tokens: np.ndarray, output_tokens: np.ndarray,
+                             block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`output_block_hashes` of many calls in a few numpy passes: call i's blocks are
+    ``flat[offsets[i]:offsets[i + 1]]``. ``prev_states`` holds each call's inner chain state
+    after its last prompt block (``state_of`` of that block's hash)."""
+    inp, out = np.asarray(input_tokens, dtype=np.int64), np.asarray(output_tokens, dtype=np.int64)
+    counts = (inp + out) // block_size - inp // block_size
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    flat = np.empty(int(offsets[-1]), dtype=np.uint64)
+    for lo in range(0, len(counts), _BATCH_ROWS):
+        hi = min(lo + _BATCH_ROWS, len(counts))
+        c = counts[lo:hi]
+        base = np.fromiter((string_key(r) for r in request_ids[lo:hi]), dtype=np.uint64, count=hi - lo)
+        local = np.arange(offsets[hi] - offsets[lo], dtype=np.uint64) - np.repeat(
+            (offsets[lo:hi] - offsets[lo]).astype(np.uint64), c)
+        keys = np.repeat(base, c) + local
+        states = _inner_states(np.asarray(prev_states[lo:hi], dtype=np.uint64), keys, c)
+        flat[offsets[lo]:offsets[hi]] = mix64(states)
+    return flat, offsets
 
 
 def reblock(hashes: np.ndarray, factor: int) -> np.ndarray:
