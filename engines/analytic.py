@@ -39,7 +39,9 @@ class AnalyticEngine:
         self.kv_bytes_per_gpu_token = d.kv_bytes_per_gpu_token
         capacities = [t.capacity_bytes / d.block_bytes for t in self.tiers]
         policy = str(cache.get("eviction", "lru"))
-        self.caches = [BlockCache(capacities, self.tier_names, policy) for _ in range(d.instances)]
+        headroom = float(cache.get("eviction_headroom", 0.0))
+        self.caches = [BlockCache(capacities, self.tier_names, policy, headroom=headroom)
+                       for _ in range(d.instances)]
         self.router = Router(router, d.instances)
         self._free = [self.concurrency] * d.instances  # idle slots per instance
         self._waiting: list[deque[Request]] = [deque() for _ in range(d.instances)]

@@ -94,18 +94,25 @@ class BlockCache:
     moves nothing; ``on_drop(hashes)`` receives runs the last tier lets go (full block lists).
     ``on_move(hashes, src, dst)`` hears of every block that enters or leaves a tier (src None:
     newly stored; dst None: dropped), for an engine that holds the real KV (engines.torch_engine).
+    ``headroom``: once a tier overflows, evict until this fraction of it (whole blocks, rounded
+    down) is free, so evictions come in batches rather than a few blocks at every store (the
+    low/high watermarks of an OS page cache; 0 evicts exactly the excess).
     """
 
     def __init__(self, capacities: Sequence[float], names: Sequence[str] | None = None,
                  policy: str = "lru", policy_params: dict[str, float] | None = None,
                  admit_min_uses: int = 0, inclusive: bool = False,
                  on_drop: Callable[[np.ndarray, float], None] | None = None,
-                 on_move: Callable[[np.ndarray, int | None, int | None], None] | None = None) -> None:
+                 on_move: Callable[[np.ndarray, int | None, int | None], None] | None = None,
+                 headroom: float = 0.0) -> None:
         if not capacities:
             raise ValueError("a block cache needs at least one tier")
         if policy not in POLICIES:
             raise ValueError(f"unknown eviction policy {policy!r}; choose one of {sorted(POLICIES)}")
+        if not 0.0 <= headroom < 1.0:
+            raise ValueError(f"eviction headroom must be in [0, 1), got {headroom}")
         self.capacity = [float(c) for c in capacities]
+        self.target = [c if math.isinf(c) else c - math.floor(headroom * c) for c in self.capacity]
         self.names = list(names) if names else [f"tier{i}" for i in range(len(capacities))]
         self.n_tiers = len(self.capacity)
         self.tree = RadixTree(self.n_tiers)
@@ -294,37 +301,39 @@ class BlockCache:
         self.stats[t].overflow = max(self.stats[t].overflow, excess)
 
     def _evict(self, t: int) -> None:
-        """Demote (or drop) leaf runs in priority order until tier t fits."""
+        """Demote (or drop) leaf runs in priority order until tier t is down to its target."""
         heap = self._heaps[t]
         last = t == self.n_tiers - 1
         reserved = self.reserved if t == 0 else 0
-        while self.used[t] + reserved > self.capacity[t]:
+        used, target, priority_of = self.used, self.target[t], self.policy.priority
+        while used[t] + reserved > target:
             if not heap:
                 self._note_overflow(t, reserved)
                 return
             priority, _, node = heap[0]
-            if not node.alive or node.pins or priority != self.policy.priority(node):
+            if not node.alive or node.pins or priority != priority_of(node):
                 heapq.heappop(heap)
                 continue  # stale entry, or in use: pushed again when released
             if not self.policy.evictable(node, t, self.clock):
                 self._note_overflow(t, reserved)
                 return  # the policy holds this run and so every later one
             heapq.heappop(heap)
-            have = node.count_in_tier(t)
-            if have <= 0 or any(c.tier_end[t] for c in node.children.values()):
+            tier_end = node.tier_end
+            end = tier_end[t]
+            have = end - tier_end[t - 1] if t else end
+            if have <= 0 or (node.children and any(c.tier_end[t] for c in node.children.values())):
                 continue  # not a leaf in this tier: pushed again when its children leave
-            k = min(have, math.ceil(self.used[t] + reserved - self.capacity[t]))
-            self.used[t] -= k
+            k = min(have, math.ceil(used[t] + reserved - target))
+            used[t] -= k
             self.stats[t].evicted += k
             parent = node.parent
             drop = last or (t == 0 and node.uses < self.admit_min_uses and not node.children
-                            and node.tier_end[0] == len(node))
+                            and tier_end[0] == len(node.hashes))
             if self.on_move is not None:
-                end = node.tier_end[t]
                 self.on_move(node.hashes[end - k:end], t, None if drop else t + 1)
             if not drop:
-                node.tier_end[t] -= k
-                self.used[t + 1] += k
+                tier_end[t] = end - k
+                used[t + 1] += k
                 if not (self.inclusive and t == 0):
                     self.stats[t + 1].written += k
                 self._push(node, t + 1)
@@ -332,12 +341,12 @@ class BlockCache:
                 self.stats[t].dropped += k
                 if last and self.on_drop is not None:  # a run refused by admission is not handed on
                     self.on_drop(self.tree.path_hashes(node), self.clock)
-                if k == len(node):
+                if k == len(node.hashes):
                     self.tree.remove(node)
                 else:
                     self.tree.shrink(node, k)
-            if node.alive and node.count_in_tier(t):
-                self._push(node, t)
+            if k < have:
+                self._push(node, t)  # blocks of it are left in this tier
             elif parent is not None and parent is not self.tree.root:
                 self._push(parent, t)  # the parent may have become a leaf in this tier
 

@@ -28,6 +28,19 @@ def test_eviction_takes_the_tail_so_prefixes_stay_cached():
     assert cache.lookup(H(1, 2, 3)) == [2]  # block 3 went, 1 and 2 stayed
 
 
+def test_headroom_evicts_down_to_a_low_watermark():
+    # 200 blocks with 1% headroom: once full, evict until 198 are used (two blocks free)
+    for headroom, left_of_a in ((0.0, 99), (0.01, 97)):
+        cache = BlockCache([200], ["hbm"], headroom=headroom)
+        cache.release(cache.acquire(np.arange(1, 101, dtype=np.uint64), 0.0), 0.0)  # A: 100 blocks
+        cache.release(cache.acquire(np.arange(1001, 1101, dtype=np.uint64), 1.0), 1.0)  # B: 100
+        cache.release(cache.acquire(H(5000), 2.0), 2.0)  # one block over: A (least recent) pays
+        assert cache.lookup(np.arange(1, 101, dtype=np.uint64)) == [left_of_a]
+        assert cache.used == [left_of_a + 101]
+    cache.release(cache.acquire(H(6000), 3.0), 3.0)  # fits in the headroom: nothing evicted
+    assert cache.used == [199] and cache.stats[0].evicted == 3
+
+
 def test_pinned_blocks_are_not_evicted():
     cache = BlockCache([2], ["hbm"])
     held = cache.acquire(H(1, 2), 0.0)

@@ -64,10 +64,11 @@ class OffloadEngine:
         self.shared_tier = self.tiers[-1] if shared else None
         policy = eviction or str(cache.get("eviction", "lru"))
         capacities = [t.capacity_bytes / self.block_bytes for t in self.local_tiers]
+        headroom = float(cache.get("eviction_headroom", 0.0))
         self.shared_cache = None
         if self.shared_tier is not None:
             self.shared_cache = BlockCache([self.shared_tier.capacity_bytes / self.block_bytes],
-                                           [self.shared_tier.name], "lru")
+                                           [self.shared_tier.name], "lru", headroom=headroom)
             self.shared_link = Link(self.shared_tier.name, self._link_bw(self.shared_tier),
                                     self.shared_tier.latency_s)
         self.instances: list[Instance] = []
@@ -75,7 +76,8 @@ class OffloadEngine:
         for i in range(n):
             cache_i = BlockCache(capacities, [t.name for t in self.local_tiers], policy,
                                  dict(eviction_params or {}), admit_min_uses, inclusive,
-                                 on_drop=self._to_shared if self.shared_cache else None)
+                                 on_drop=self._to_shared if self.shared_cache else None,
+                                 headroom=headroom)
             self.instances.append(Instance(i, cache_i, self.roofline, self.block_size, self.tp,
                                            int(max_batched_tokens), int(max_running), bool(overlap_load)))
             self.links.append({t.name: Link(f"instance{i}.{t.name}", self._link_bw(t), t.latency_s)

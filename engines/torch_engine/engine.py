@@ -116,7 +116,8 @@ class TorchEngine:
         self.kv = TieredKV(self.pool, Path(disk_dir) if disk_dir else Path("kv_disk"))
         capacities = [int(pool_blocks)] + [int(b) for b in (cpu_blocks, disk_blocks) if b]
         names = ["hbm", "cpu", "disk"][: len(capacities)]
-        self.cache = BlockCache(capacities, names, str(cache.get("eviction", "lru")), on_move=self.kv.move)
+        self.cache = BlockCache(capacities, names, str(cache.get("eviction", "lru")), on_move=self.kv.move,
+                                headroom=float(cache.get("eviction_headroom", 0.0)))
         self.tier_names = names
         self.max_batched_tokens = int(max_batched_tokens)
         self.max_running = int(max_running)
