@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import polars as pl
 
 from engines.radix import Node, RadixTree
 from engines.specs import ConfigError
+
+Tokens = TypeVar("Tokens", int, pl.Expr)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ class ApiPricing:
             raise ConfigError(f"pricing.api: no cache_write_per_mtok for a TTL of {ttl_s:g} s "
                               f"(have {sorted(self.cache_write_per_mtok)})") from None
 
-    def no_reuse_cost(self, input_tokens: int, output_tokens: int) -> float:
+    def no_reuse_cost(self, input_tokens: Tokens, output_tokens: Tokens) -> Tokens:
+        """Every input token at the plain input price (ints, or polars columns of them)."""
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
 
 
@@ -76,12 +80,13 @@ class ModelPrices:
 
     def __init__(self, table: Mapping[str, Mapping[str, float]]) -> None:
         self.table = sorted(((k, dict(v)) for k, v in table.items()), key=lambda kv: -len(kv[0]))
+        self._found: dict[str | None, dict[str, float] | None] = {}  # a trace names few models
 
     def lookup(self, model: str | None) -> dict[str, float] | None:
-        for prefix, prices in self.table:
-            if model and model.startswith(prefix):
-                return prices
-        return None
+        if model not in self._found:
+            self._found[model] = next((prices for prefix, prices in self.table
+                                       if model and model.startswith(prefix)), None)
+        return self._found[model]
 
     def reported_cost(self, model: str | None, input_tokens: int, cached: int, written: int,
                       output_tokens: int, ttl_s: float | None) -> float | None:

@@ -75,7 +75,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                          session_rate_per_s=r.session_rate_per_s, sample_sessions=r.sample.sessions,
                          sample_ratio=r.sample.ratio, limit=r.limit, seed=int(cfg.seed),
                          progress=bool(r.progress))
-    writer = RequestsWriter(run_dir / "requests.parquet", engine.tier_names)
+    gpu_cost = self_hosted.gpu_cost
+    writer = RequestsWriter(run_dir / "requests.parquet", engine.tier_names, {
+        "cost_usd": gpu_cost(pl.col("gpu_s"), power_w),
+        "no_reuse_cost_usd": gpu_cost(pl.col("no_reuse_gpu_s"), power_w),
+        "api_no_reuse_cost_usd": api.pricing.no_reuse_cost(pl.col("input_tokens"), pl.col("output_tokens")),
+    })
     charges: dict[str, Any] = {}
     warm_start = bool(cfg.replay.get("api_warm_start", True))
     model_prices = ModelPrices(cfg.pricing.get("models") or {})
@@ -89,34 +94,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                                                request.output_tokens, ttl, model_prices.lookup(call["model"]))
 
     def on_finish(call: dict[str, Any], request: Request, done: Completion) -> None:
-        charge = charges.pop(request.request_id)
-        queue = done.start_s - request.arrival_s
-        decode_tokens = request.output_tokens - 1
-        row = {
-            "request_id": request.request_id, "session_id": request.session_id, "turn": request.turn,
-            "workload": request.workload, "instance": done.instance, "arrival_s": request.arrival_s,
-            "start_s": done.start_s, "first_token_s": done.first_token_s, "finish_s": done.finish_s,
-            "ttft_s": done.first_token_s - request.arrival_s,
-            "tpot_s": (done.finish_s - done.first_token_s) / decode_tokens if decode_tokens > 0 else None,
-            "queue_s": queue, "input_tokens": request.input_tokens,
-            "output_tokens": request.output_tokens, "reused_tokens": done.reused_tokens,
-            **{f"reused_tokens_{k}": v for k, v in done.reused_tokens_by_tier.items()},
-            "prefilled_tokens": done.prefilled_tokens, "loaded_bytes": done.loaded_bytes,
-            "load_s": done.extra.get("load_s", 0.0), "preemptions": done.extra.get("preemptions", 0),
-            "gpu_s": done.gpu_s, "cost_usd": self_hosted.gpu_cost(done.gpu_s, power_w),
-            "no_reuse_ttft_s": queue + done.no_reuse_prefill_s, "no_reuse_gpu_s": done.no_reuse_gpu_s,
-            "no_reuse_cost_usd": self_hosted.gpu_cost(done.no_reuse_gpu_s, power_w),
-            "api_cached_tokens": charge.cached_tokens, "api_cache_write_tokens": charge.written_tokens,
-            "api_cost_usd": charge.cost_usd,
-            "api_no_reuse_cost_usd": api.pricing.no_reuse_cost(request.input_tokens, request.output_tokens),
-            "reported_cached_tokens": call["reported_cached_tokens"],
-            "reported_cache_write_tokens": call["reported_cache_write_tokens"],
-            "reported_api_cost_usd": model_prices.reported_cost(
-                call["model"], request.input_tokens, call["reported_cached_tokens"] or 0,
-                call["reported_cache_write_tokens"] or 0, request.output_tokens, call["cache_ttl_s"])
-            if call["reported_cached_tokens"] is not None else None,
-        }
-        writer.add(row)
+        cached, written = call["reported_cached_tokens"], call["reported_cache_write_tokens"]
+        reported_cost = None if cached is None else model_prices.reported_cost(
+            call["model"], request.input_tokens, cached, written or 0, request.output_tokens,
+            call["cache_ttl_s"])
+        writer.add(request, done, charges.pop(request.request_id), (cached, written, reported_cost))
 
     try:
         result = replay(path, engine, opts, on_send, on_finish)

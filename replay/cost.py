@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import polars as pl
 
 from engines.specs import ConfigError
 
 SECONDS_PER_MONTH = 30.44 * 86_400
+Seconds = TypeVar("Seconds", float, pl.Expr)  # one call's figure, or a column of them
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class SelfHostedPricing:
         except KeyError as exc:
             raise ConfigError(f"pricing.self_hosted: '{exc.args[0]}' is missing") from None
 
-    def gpu_cost(self, gpu_s: float, power_w: float) -> float:
+    def gpu_cost(self, gpu_s: Seconds, power_w: float) -> Seconds:
         """GPU time at the hourly rate plus its energy at the facility's PUE."""
         hours = gpu_s / 3600.0
         return hours * self.gpu_hour_usd + hours * power_w / 1000.0 * self.pue * self.usd_per_kwh

@@ -1,28 +1,55 @@
 """requests.parquet: one row per finished call, written as calls finish so that an interrupted
-run keeps everything that finished."""
+run keeps everything that finished.
+
+A finished call is recorded as a tuple of what the engine, the API cache model and the trace
+measured; latencies and costs derived from those are computed per row group with polars (one
+vectorised pass, not a Python step per call).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engines.base import Completion, Request
+from replay.api_cache import ApiCharge
+
 FLUSH_ROWS = 8192
+_F64, _I64, _I32, _STR = pa.float64(), pa.int64(), pa.int32(), pa.string()
+
+
+def _raw_fields(tier_names: list[str]) -> list[tuple[str, pa.DataType]]:
+    """What ``RequestsWriter.add`` records, in order."""
+    return [
+        ("request_id", _STR), ("session_id", _STR), ("turn", _I32), ("workload", _STR),
+        ("instance", _I32),
+        ("arrival_s", _F64), ("start_s", _F64), ("first_token_s", _F64), ("finish_s", _F64),
+        ("input_tokens", _I64), ("output_tokens", _I64),
+        *[(f"reused_tokens_{name}", _I64) for name in tier_names],
+        ("prefilled_tokens", _I64), ("loaded_bytes", _F64), ("load_s", _F64), ("preemptions", _I32),
+        ("gpu_s", _F64), ("no_reuse_prefill_s", _F64), ("no_reuse_gpu_s", _F64),
+        ("api_cached_tokens", _I64), ("api_cache_write_tokens", _I64), ("api_cost_usd", _F64),
+        ("reported_cached_tokens", _I64), ("reported_cache_write_tokens", _I64),
+        ("reported_api_cost_usd", _F64),
+    ]
 
 
 def requests_schema(tier_names: list[str]) -> pa.Schema:
-    f64, i64, s = pa.float64(), pa.int64(), pa.string()
+    f64, i64, i32, s = _F64, _I64, _I32, _STR
     fields = [
-        ("request_id", s), ("session_id", s), ("turn", pa.int32()), ("workload", s),
-        ("instance", pa.int32()),
+        ("request_id", s), ("session_id", s), ("turn", i32), ("workload", s),
+        ("instance", i32),
         ("arrival_s", f64), ("start_s", f64), ("first_token_s", f64), ("finish_s", f64),
         ("ttft_s", f64), ("tpot_s", f64), ("queue_s", f64),
         ("input_tokens", i64), ("output_tokens", i64), ("reused_tokens", i64),
         *[(f"reused_tokens_{name}", i64) for name in tier_names],
-        ("prefilled_tokens", i64), ("loaded_bytes", f64), ("load_s", f64), ("preemptions", pa.int32()),
+        ("prefilled_tokens", i64), ("loaded_bytes", f64), ("load_s", f64), ("preemptions", i32),
         ("gpu_s", f64), ("cost_usd", f64),
         ("no_reuse_ttft_s", f64), ("no_reuse_gpu_s", f64), ("no_reuse_cost_usd", f64),
         ("api_cached_tokens", i64), ("api_cache_write_tokens", i64), ("api_cost_usd", f64),
@@ -33,32 +60,69 @@ def requests_schema(tier_names: list[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
-class RequestsWriter:
-    """Buffers rows column by column and appends them to the Parquet file in row groups."""
+def latency_columns(tier_names: list[str]) -> dict[str, pl.Expr]:
+    """Columns every run derives from the recorded times and token counts."""
+    queue = pl.col("start_s") - pl.col("arrival_s")
+    decode_tokens = pl.col("output_tokens") - 1
+    return {
+        "ttft_s": pl.col("first_token_s") - pl.col("arrival_s"),
+        "tpot_s": pl.when(decode_tokens > 0)
+                    .then((pl.col("finish_s") - pl.col("first_token_s")) / decode_tokens),
+        "queue_s": queue,
+        "no_reuse_ttft_s": queue + pl.col("no_reuse_prefill_s"),
+        "reused_tokens": pl.sum_horizontal(*[f"reused_tokens_{name}" for name in tier_names])
+                           .cast(pl.Int64),
+    }
 
-    def __init__(self, path: str | os.PathLike, tier_names: list[str]) -> None:
+
+class RequestsWriter:
+    """Buffers recorded calls and appends them to the Parquet file in row groups.
+
+    ``cost_columns``: expressions over the recorded columns for the cost columns (the run's
+    prices); the latency columns are derived here.
+    """
+
+    def __init__(self, path: str | os.PathLike, tier_names: list[str],
+                 cost_columns: Mapping[str, pl.Expr]) -> None:
         self.path = Path(path)
-        self.schema = requests_schema(tier_names)
-        self.columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
-        self.pending = 0
+        self.tier_names = list(tier_names)
+        self.schema = requests_schema(self.tier_names)
+        self.raw = pa.schema(_raw_fields(self.tier_names))
+        self.derived = {**latency_columns(self.tier_names), **cost_columns}
+        missing = set(self.schema.names) - set(self.raw.names) - set(self.derived)
+        if missing:
+            raise ValueError(f"requests columns with no source: {sorted(missing)}")
+        self.rows: list[tuple[Any, ...]] = []
         self.count = 0
         self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
 
-    def add(self, row: dict[str, Any]) -> None:
-        for name, values in self.columns.items():
-            values.append(row[name])
-        self.pending += 1
-        if self.pending >= FLUSH_ROWS:
+    def add(self, request: Request, done: Completion, charge: ApiCharge,
+            reported: tuple[int | None, int | None, float | None]) -> None:
+        """Record a finished call; ``reported``: the trace's cached and cache-write tokens and
+        the bill they imply (None where the trace has no usage)."""
+        by_tier = done.reused_tokens_by_tier
+        extra = done.extra
+        self.rows.append((
+            request.request_id, request.session_id, request.turn, request.workload, done.instance,
+            request.arrival_s, done.start_s, done.first_token_s, done.finish_s,
+            request.input_tokens, request.output_tokens, *[by_tier[name] for name in self.tier_names],
+            done.prefilled_tokens, done.loaded_bytes, extra.get("load_s", 0.0),
+            extra.get("preemptions", 0), done.gpu_s, done.no_reuse_prefill_s, done.no_reuse_gpu_s,
+            charge.cached_tokens, charge.written_tokens, charge.cost_usd, *reported,
+        ))
+        if len(self.rows) >= FLUSH_ROWS:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            arrays = [pa.array(self.columns[f.name], type=f.type) for f in self.schema]
-            self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
-            self.count += self.pending
-            self.pending = 0
-            for values in self.columns.values():
-                values.clear()
+        if not self.rows:
+            return
+        columns = list(zip(*self.rows, strict=True))
+        raw = pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, self.raw, strict=True)],
+                                   schema=self.raw)
+        frame = pl.from_arrow(raw).with_columns(**self.derived).select(self.schema.names)
+        self._writer.write_table(frame.to_arrow().cast(self.schema))
+        self.count += len(self.rows)
+        self.rows.clear()
 
     def close(self) -> None:
         self.flush()
