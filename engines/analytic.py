@@ -49,18 +49,17 @@ class AnalyticEngine:
         self._seq = itertools.count()
 
     def submit(self, request: Request, now: float) -> None:
-        inst = 0
-        if len(self.caches) > 1:
-            blocks = self.deployment.blocks(request.blocks)
-            in_system = [self.concurrency - free + len(waiting)
-                         for free, waiting in zip(self._free, self._waiting, strict=True)]
-            inst = self.router.pick(request.session_id, in_system,
-                                    lambda i: sum(self.caches[i].lookup(blocks)))
+        inst = self.router.pick(request.session_id, self._in_system, lambda i: sum(
+            self.caches[i].lookup(self.deployment.blocks(request.blocks))))
         if self._free[inst]:
             self._free[inst] -= 1
             self._start(request, inst, now)
         else:
             self._waiting[inst].append(request)
+
+    def _in_system(self, inst: int) -> int:
+        """Calls running or waiting on an instance (the routers' load)."""
+        return self.concurrency - self._free[inst] + len(self._waiting[inst])
 
     def _start(self, request: Request, inst: int, now: float) -> None:
         """A call takes a slot at ``now``: pin its prefix, price its load, prefill and decode."""

@@ -141,7 +141,10 @@ class BlockCache:
 
     def _hits(self, path: list[Node], limit: int, last_k: int | None = None) -> list[int]:
         hits = [0] * self.n_tiers
-        if all(node.tier_end[0] == len(node) for node in path):
+        for node in path:
+            if node.tier_end[0] != len(node.hashes):
+                break
+        else:
             hits[0] = limit  # the common case: the whole path sits in HBM
             return hits
         left = limit
@@ -170,16 +173,19 @@ class BlockCache:
         for t in range(1, self.n_tiers):
             self.stats[t].loaded += hits[t]
         for node in path:  # promote every matched block into HBM
-            self._raise_to_hbm(node)
+            if node.tier_end[0] != len(node.hashes):
+                self._raise_to_hbm(node)
         leaf = path[-1] if path else self.tree.root
         if matched < len(hashes):
             leaf = self._store(leaf, hashes[matched:], now)
-        for node in self.tree.ancestors(leaf):
+        node = leaf
+        while node.parent is not None:  # pin the path, root excluded
             if node.pins == 0:
-                self.pinned += len(node)
+                self.pinned += len(node.hashes)
             node.pins += 1
             node.uses += 1
             node.stamp = now
+            node = node.parent
         self._evict_all()
         return Acquired(leaf=leaf, hits=hits, matched=matched, prompt=hashes)
 
@@ -187,16 +193,17 @@ class BlockCache:
         """Unpin a request's blocks; with ``output`` (the blocks its output completed, which
         continue its prompt) also store those."""
         self.clock = now
-        for node in self.tree.ancestors(acquired.leaf):
+        node = leaf = acquired.leaf
+        while node.parent is not None:
             node.pins -= 1
             node.stamp = now
             if node.pins == 0:
-                self.pinned -= len(node)
+                self.pinned -= len(node.hashes)
                 self._push_all(node)
+            node = node.parent
         if output is not None and len(output):
-            leaf = acquired.leaf
             if (leaf.end == acquired.prompt_blocks and leaf.alive and not leaf.children
-                    and leaf.parent is not None and leaf.tier_end[0] == len(leaf)):
+                    and leaf.parent is not None and leaf.tier_end[0] == len(leaf.hashes)):
                 self._store(leaf, output, now)  # the run still ends at the prompt: grow it in place
             else:
                 self.insert(np.concatenate([acquired.prompt, output]), now)
@@ -259,8 +266,9 @@ class BlockCache:
             lo = end
 
     def _evict_all(self) -> None:
+        used, capacity = self.used, self.capacity
         for t in range(self.n_tiers):
-            if self.used[t] + (self.reserved if t == 0 else 0) > self.capacity[t]:
+            if used[t] + (self.reserved if t == 0 else 0) > capacity[t]:
                 self._evict(t)
                 if len(self._heaps[t]) > 4 * self.tree.nodes + 1024:
                     self._rebuild_heap(t)

@@ -137,13 +137,14 @@ class RadixTree:
         Runs grow call after call, so they keep spare room (doubling), not a copy per call.
         """
         n, m = len(node.hashes), len(hashes)
-        if node.spare is None or len(node.spare) < n + m:
-            node.spare = np.empty(max(2 * (n + m), 64), dtype=np.uint64)
-            node.spare[:n] = node.hashes
-        node.spare[n:n + m] = hashes
-        node.hashes = node.spare[:n + m]
-        node.tier_end = [len(node.hashes)] * self.n_tiers
-        node.end += len(hashes)
+        spare = node.spare
+        if spare is None or len(spare) < n + m:
+            spare = node.spare = np.empty(max(2 * (n + m), 64), dtype=np.uint64)
+            spare[:n] = node.hashes
+        spare[n:n + m] = hashes
+        node.hashes = spare[:n + m]
+        node.tier_end = [n + m] * self.n_tiers
+        node.end += m
 
     def shrink(self, node: Node, k: int) -> None:
         """Drop the last k blocks of a childless run."""

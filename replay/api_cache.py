@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import polars as pl
@@ -68,8 +68,7 @@ class ApiPricing:
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
 
 
-@dataclass(frozen=True, slots=True)
-class ApiCharge:
+class ApiCharge(NamedTuple):
     cached_tokens: int
     written_tokens: int
     cost_usd: float
@@ -119,11 +118,11 @@ class ProviderPromptCache:
         cached = 0
         if cacheable:
             path, matched, k = self.tree.match(blocks)
-            live = 0
-            for i, node in enumerate(path):
-                if node.stamp < now:
-                    break  # expired: this run and everything below it must be written again
-                live += len(node) if i < len(path) - 1 else k
+            live = matched
+            for node in path:
+                if node.stamp < now:  # expired: this run and everything below it is written again
+                    live = node.end - len(node.hashes)
+                    break
             cached = min(live * self.bs, input_tokens)
             cached -= cached % p.increment_tokens
             self._store(blocks, now, now + ttl, live, (path, matched, k))
@@ -150,10 +149,8 @@ class ProviderPromptCache:
         ``matched_path`` reuses a ``match`` the caller already made."""
         path, matched, k = matched_path or self.tree.match(blocks)
         path = self.tree.cut(path, k)
-        depth = 0
         for node in path:
-            depth += len(node)
-            hit = depth <= refreshed_blocks
+            hit = node.end <= refreshed_blocks
             if (hit and self.pricing.refresh_on_hit) or not hit or node.stamp < now:
                 node.stamp = max(node.stamp, expiry) if node.stamp >= now else expiry
         if matched < len(blocks):

@@ -159,7 +159,7 @@ class OffloadEngine:
         router = self.router
         if peek and router.policy == "round_robin":
             return 0
-        return router.pick(session_id, [inst.load for inst in self.instances],
+        return router.pick(session_id, lambda i: self.instances[i].load,
                            lambda i: sum(self.instances[i].cache.lookup(blocks)))
 
     # -- admission and loads ----------------------------------------------------------------
