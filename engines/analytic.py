@@ -89,7 +89,7 @@ class AnalyticEngine:
             loaded_bytes=loaded_bytes,
             gpu_s=self.tp * (prefill_s + decode_share), no_reuse_prefill_s=no_reuse_prefill,
             no_reuse_gpu_s=self.tp * (no_reuse_prefill + decode_share),
-            extra={"tpot_s": tpot, "load_s": load_s},
+            load_s=load_s,
         )
         heapq.heappush(self._events, (finish, next(self._seq), completion, acquired, request))
 

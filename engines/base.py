@@ -6,7 +6,7 @@ Engines know nothing of runners or traces beyond these types.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,7 +49,8 @@ class Completion:
     gpu_s: float
     no_reuse_prefill_s: float  # the counterfactual prefill of the whole prompt, for baselines
     no_reuse_gpu_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    load_s: float = 0.0  # time spent loading cached KV from lower tiers
+    preemptions: int = 0
 
     @property
     def reused_tokens(self) -> int:

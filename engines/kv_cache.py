@@ -267,6 +267,8 @@ class BlockCache:
 
     def _evict_all(self) -> None:
         used, capacity = self.used, self.capacity
+        if used[0] + self.reserved <= capacity[0]:
+            return  # a lower tier grows only by what the one above evicts, so all fit
         for t in range(self.n_tiers):
             if used[t] + (self.reserved if t == 0 else 0) > capacity[t]:
                 self._evict(t)

@@ -101,13 +101,12 @@ class RequestsWriter:
         """Record a finished call; ``reported``: the trace's cached and cache-write tokens and
         the bill they imply (None where the trace has no usage)."""
         by_tier = done.reused_tokens_by_tier
-        extra = done.extra
         self.rows.append((
             request.request_id, request.session_id, request.turn, request.workload, done.instance,
             request.arrival_s, done.start_s, done.first_token_s, done.finish_s,
             request.input_tokens, request.output_tokens, *[by_tier[name] for name in self.tier_names],
-            done.prefilled_tokens, done.loaded_bytes, extra.get("load_s", 0.0),
-            extra.get("preemptions", 0), done.gpu_s, done.no_reuse_prefill_s, done.no_reuse_gpu_s,
+            done.prefilled_tokens, done.loaded_bytes, done.load_s, done.preemptions, done.gpu_s,
+            done.no_reuse_prefill_s, done.no_reuse_gpu_s,
             charge.cached_tokens, charge.written_tokens, charge.cost_usd, *reported,
         ))
         if len(self.rows) >= FLUSH_ROWS:

@@ -320,7 +320,7 @@ class OffloadEngine:
             reused_tokens_by_tier=seq.reused, prefilled_tokens=req.input_tokens - reused,
             loaded_bytes=seq.loaded_bytes, gpu_s=seq.gpu_s, no_reuse_prefill_s=no_reuse,
             no_reuse_gpu_s=seq.gpu_s + self.tp * extra_prefill,
-            extra={"load_s": seq.load_s, "preemptions": seq.preemptions},
+            load_s=seq.load_s, preemptions=seq.preemptions,
         ))
 
     # -- time -------------------------------------------------------------------------------
