@@ -156,9 +156,10 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
             output = call_blocks.output(i)
             blocks = expander.prompt(rid, r["parent_id"], r["kept_blocks"], call_blocks.new(i), inp, out,
                                      output)
-            if output is None:
+            if output is None:  # its last prompt block comes from its parent: hash it now
                 output = output_block_hashes(int(blocks[-1]) if len(blocks) else None, rid, inp, out,
                                              meta.block_size)
+                expander.keep_output(rid, output)
             request = Request(rid, r["session_id"], r["turn"], r["workload"], t, inp, out, blocks,
                               meta.block_size, output)
             on_send(r, request, t)

@@ -69,6 +69,12 @@ class BlockExpander:
         """Prompt plus output-completed blocks of an expanded request."""
         return np.concatenate([self._seqs[request_id].blocks, self._output(request_id)])
 
+    def keep_output(self, request_id: str, output: np.ndarray) -> None:
+        """Remember the output blocks of an expanded call (hashed by the caller) for its children."""
+        seq = self._seqs.get(request_id)
+        if seq is not None:
+            seq.output = output
+
     def _output(self, request_id: str) -> np.ndarray:
         seq = self._seqs[request_id]
         if seq.output is None:

@@ -102,7 +102,8 @@ def advance(state: int, content_keys: np.ndarray) -> tuple[np.ndarray, int]:
             state = (state * P + mix_int(key)) & MASK64
             out[i] = mix_int(state)
         return out, state
-    states = _inner_states(np.array([state], dtype=np.uint64), content_keys, np.array([n]))
+    pos, neg = _POWERS.upto(n)  # one run of _inner_states, without the segment bookkeeping
+    states = pos[1 : n + 1] * (np.cumsum(mix64(content_keys) * neg[1 : n + 1], dtype=np.uint64) + _U(state))
     return mix64(states), int(states[-1])
 
 
