@@ -64,6 +64,8 @@ class Deployment:
 
     def output_blocks(self, request: Request) -> np.ndarray:
         """At the engine's block size, the blocks a call's output completes after its prompt."""
-        if self.factor == 1:
+        f, prompt = self.factor, len(request.blocks)
+        if f == 1:
             return request.output_blocks
-        return self.blocks(request.sequence_blocks())[len(request.blocks) // self.factor:]
+        first = (prompt // f + 1) * f - 1 - prompt  # the first big block after the prompt's ends here
+        return request.output_blocks[first::f]

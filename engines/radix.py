@@ -62,19 +62,22 @@ class RadixTree:
         """
         path: list[Node] = []
         node, i, n, k = self.root, 0, len(hashes), 0
+        at = hashes.item  # plain ints: faster than numpy scalars for one element at a time
         while i < n:
-            child = node.children.get(int(hashes[i]))
+            child = node.children.get(at(i))
             if child is None:
                 break
             run = child.hashes
-            m = min(len(run), n - i)
-            if run[m - 1] == hashes[i + m - 1]:
+            m = len(run)
+            if m > n - i:
+                m = n - i
+            if run.item(m - 1) == at(i + m - 1):
                 k = m
             else:
                 lo, hi = 1, m - 1  # run[lo-1] matches, run[hi] does not
                 while lo < hi:
                     mid = (lo + hi) // 2
-                    if run[mid] == hashes[i + mid]:
+                    if run.item(mid) == at(i + mid):
                         lo = mid + 1
                     else:
                         hi = mid

@@ -93,3 +93,22 @@ def test_reusable_blocks_keeps_the_last_token_computed():
     assert reusable_blocks(12, 4) == 2  # block-aligned: the last block is recomputed
     assert reusable_blocks(13, 4) == 3
     assert reusable_blocks(1, 4) == 0
+
+
+def test_output_blocks_at_a_bigger_engine_block_equal_the_reblocked_sequence_tail():
+    from engines.base import Request
+    from engines.deployment import Deployment, engine_block_size
+
+    rng = np.random.default_rng(0)
+    for factor in (2, 3, 4):
+        _, f = engine_block_size(16 * factor, 16)
+        for prompt_blocks in range(0, 9):
+            for output_blocks in range(0, 9):
+                prompt = rng.integers(0, 2**63, prompt_blocks, dtype=np.uint64)
+                output = rng.integers(0, 2**63, output_blocks, dtype=np.uint64)
+                request = Request("r", "s", 0, "w", 0.0, 16 * prompt_blocks, 16 * output_blocks,
+                                  prompt, 16, output)
+                deployment = type("D", (), {"factor": f})()  # output_blocks reads only the factor
+                got = Deployment.output_blocks(deployment, request)
+                whole = reblock(np.concatenate([prompt, output]), f)
+                assert got.tolist() == whole[prompt_blocks // f:].tolist()
