@@ -94,7 +94,9 @@ class RequestsWriter:
             raise ValueError(f"requests columns with no source: {sorted(missing)}")
         self.rows: list[tuple[Any, ...]] = []
         self.count = 0
-        self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+        # dictionary-encode only the repetitive columns: unique ids and floats gain nothing from it
+        self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd",
+                                        use_dictionary=["session_id", "workload"])
 
     def add(self, request: Request, done: Completion, charge: ApiCharge,
             reported: tuple[int | None, int | None, float | None]) -> None:

@@ -8,6 +8,7 @@ flight. Ctrl-C stops sending; what finished is kept.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import math
@@ -131,6 +132,7 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
     in_flight: dict[str, tuple[int, Request]] = {}
     result = ReplayResult()
     bar = tqdm(total=min(n, limit), unit="call", desc="replay", disable=not opts.progress or None)
+    gc.freeze()  # the calls table lives through the loop: keep the collector from rescanning it
     try:
         while True:
             t_send = queue[0][0] if queue and result.sent < limit else math.inf
@@ -169,6 +171,7 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
+        gc.unfreeze()
         bar.close()
     result.engine_stats = engine.stats()
     return result
