@@ -139,6 +139,10 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
             t_event = engine.next_event_time()
             t_event = math.inf if t_event is None else t_event
             if t_send == math.inf and t_event == math.inf:
+                if in_flight:  # nothing left to send or run, yet these never finished
+                    rid = next(iter(in_flight))
+                    raise RuntimeError(f"engine {type(engine).__name__} went idle with {len(in_flight)} "
+                                       f"calls unfinished (e.g. {rid}): an engine bug")
                 break
             if t_event <= t_send:
                 for done in engine.advance(t_event):

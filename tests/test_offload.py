@@ -79,6 +79,35 @@ def test_engine_state_is_clean_after_a_replay(coding):
         assert inst.cache.used[0] <= inst.cache.capacity[0]
 
 
+def test_a_call_preempted_before_it_prefilled_anything_still_finishes(tmp_path):
+    # b-0 is admitted with its prompt's cached head (a-0's 2 blocks) as context, then preempted
+    # before any of its own tokens were computed: its readmission must still prefill the rest
+    # of its prompt (it stalled forever when the recompute target was cut to that context).
+    path = write(tmp_path / "t.parquet", [row("a", 0, 200, [1, 2, 3], arrival_s=0.0),
+                                          row("b", 0, 300, [1, 2, 3, 4], arrival_s=10.0)], block_size=64)
+    engine = build_engine(compose_cfg(["engine=offload", "cache=hbm_only", *H100_70B]), 64)
+    calls = {r["request_id"]: r for r in pl.read_parquet(path).iter_rows(named=True)}
+    from engines.base import Request
+
+    def request(rid, t):
+        r = calls[rid]
+        blocks = np.array(r["new_block_hashes"], dtype=np.uint64)
+        return Request(rid, r["session_id"], 0, "test", t, r["input_tokens"], 1, blocks, 64,
+                       np.empty(0, dtype=np.uint64))
+
+    engine.submit(request("a-0", 0.0), 0.0)
+    assert [c.request_id for c in engine.advance(5.0)] == ["a-0"]
+    engine.submit(request("b-0", 10.0), 10.0)
+    inst = engine.instances[0]
+    (seq,) = inst.running
+    assert seq.context == 3 * 64 and seq.prefill_left == 300 - 3 * 64  # 3 of 4 blocks cached
+    engine._preempt(inst, seq, 10.0)
+    inst.step = None
+    engine._plan(inst, 10.0)
+    done = engine.advance(20.0)
+    assert [c.request_id for c in done] == ["b-0"] and done[0].prefilled_tokens == 300 - 3 * 64
+
+
 def test_littles_law_on_a_steady_open_loop(tmp_path):
     path = tmp_path / "email.parquet"
     generate(load_config("email_drafting", [  # single drafts, Poisson arrivals: a stationary load

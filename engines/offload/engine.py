@@ -299,7 +299,7 @@ class OffloadEngine:
             seq.swapped_tokens = seq.context  # written out now, loaded back on readmission
             inst.cache.stats[1].written += math.ceil(seq.context / self.block_size)
         else:
-            seq.target_tokens = seq.context  # recompute everything it had
+            seq.target_tokens = max(seq.target_tokens, seq.context)  # all it had, its prompt at least
         seq.context = 0
         inst.waiting.appendleft(seq)
 
