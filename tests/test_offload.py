@@ -108,6 +108,22 @@ def test_a_call_preempted_before_it_prefilled_anything_still_finishes(tmp_path):
     assert [c.request_id for c in done] == ["b-0"] and done[0].prefilled_tokens == 300 - 3 * 64
 
 
+def test_a_prompt_bigger_than_hbm_waits_for_an_idle_instance_then_runs(tmp_path):
+    # HBM of 10 blocks. b-0 (20 blocks) arrives while a-0 decodes: it cannot fit, so it waits;
+    # once a-0 is done nothing else will ever free room, so it runs alone, overflowing HBM.
+    path = write(tmp_path / "t.parquet", [
+        row("a", 0, 5 * 64 + 10, list(range(1, 6)), output_tokens=200, arrival_s=0.0),
+        row("b", 0, 20 * 64 + 10, list(range(100, 120)), output_tokens=5, arrival_s=0.01),
+    ], block_size=64)
+    hbm = 10 * 327_680 * 64  # ten 64-token blocks of Llama-3.1-70B KV, whole instance
+    s, out = run_in(tmp_path, "big", ["engine=offload", "cache=hbm_only", *H100_70B, "trace=file",
+                                      f"trace.path={path}", f"cache.tiers.0.capacity_bytes={hbm}"])
+    by = {r["request_id"]: r for r in pl.read_parquet(out / "requests.parquet").iter_rows(named=True)}
+    assert s["calls"] == 2
+    assert by["b-0"]["start_s"] >= by["a-0"]["finish_s"]
+    assert s["engine_stats"]["tiers"]["hbm"]["overflow_tokens"] > 0
+
+
 def test_littles_law_on_a_steady_open_loop(tmp_path):
     path = tmp_path / "email.parquet"
     generate(load_config("email_drafting", [  # single drafts, Poisson arrivals: a stationary load

@@ -166,7 +166,7 @@ class OffloadEngine:
     def _admit(self, inst: Instance, seq: Seq, now: float) -> bool:
         """Acquire a waiting call's blocks and start its loads; False if its KV does not fit."""
         cache, req, bs = inst.cache, seq.request, self.block_size
-        if seq.blocked_need is not None and seq.blocked_need > cache.free_blocks():
+        if seq.blocked_need is not None and seq.blocked_need > cache.free_blocks() and inst.running:
             return False  # still no room for what it needed when it last failed to fit
         reusable = reusable_blocks(req.input_tokens, bs)
         local = cache.lookup(seq.blocks, reusable)
