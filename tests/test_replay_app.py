@@ -148,3 +148,18 @@ def test_engine_blocks_larger_than_the_traces(tmp_path, coding_trace, engine):
         reuse[bs] = run(compose_cfg([f"engine={engine}", f"engine.block_size={bs}", "plots=false",
                                      "trace=file", f"trace.path={coding_trace}"]), out)["reuse"]
     assert 0.9 < reuse[128] < reuse[64]
+
+
+@pytest.mark.parametrize("engine", ["analytic", "offload"])
+def test_same_config_and_seed_give_byte_identical_outputs(tmp_path, coding_trace, engine):
+    overrides = [f"engine={engine}", "cache=hbm_dram", "cache.tiers.0.capacity_bytes=2e11",
+                 "replay.session_rate_per_s=0.5", "trace=file", f"trace.path={coding_trace}", "plots=false"]
+    outputs = []
+    for name in ("one", "two"):
+        out = tmp_path / name
+        out.mkdir()
+        run(compose_cfg(overrides), out)
+        outputs.append({f: (out / f).read_bytes() for f in ("requests.parquet", "summary.json")})
+    assert outputs[0] == outputs[1]
+    calls = pl.read_parquet(coding_trace).height
+    assert pl.read_parquet(tmp_path / "one" / "requests.parquet").height == calls
