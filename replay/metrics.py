@@ -21,43 +21,38 @@ from engines.base import Completion, Request
 from replay.api_cache import ApiCharge
 
 FLUSH_ROWS = 8192
-_F64, _I64, _I32, _STR = pa.float64(), pa.int64(), pa.int32(), pa.string()
+RECORDED, DERIVED, SCRATCH = "recorded", "derived", "scratch"
 
 
-def _raw_fields(tier_names: list[str]) -> list[tuple[str, pa.DataType]]:
-    """What ``RequestsWriter.add`` records, in order."""
+def _columns(tier_names: list[str]) -> list[tuple[str, pa.DataType, str]]:
+    """Every column in file order, with where it comes from: RECORDED by ``RequestsWriter.add``
+    (in this order), DERIVED per row group, or SCRATCH (recorded to derive others, not written)."""
+    f64, i64, i32, s = pa.float64(), pa.int64(), pa.int32(), pa.string()
+    r, d = RECORDED, DERIVED
     return [
-        ("request_id", _STR), ("session_id", _STR), ("turn", _I32), ("workload", _STR),
-        ("instance", _I32),
-        ("arrival_s", _F64), ("start_s", _F64), ("first_token_s", _F64), ("finish_s", _F64),
-        ("input_tokens", _I64), ("output_tokens", _I64),
-        *[(f"reused_tokens_{name}", _I64) for name in tier_names],
-        ("prefilled_tokens", _I64), ("loaded_bytes", _F64), ("load_s", _F64), ("preemptions", _I32),
-        ("gpu_s", _F64), ("no_reuse_prefill_s", _F64), ("no_reuse_gpu_s", _F64),
-        ("api_cached_tokens", _I64), ("api_cache_write_tokens", _I64), ("api_cost_usd", _F64),
-        ("reported_cached_tokens", _I64), ("reported_cache_write_tokens", _I64),
-        ("reported_api_cost_usd", _F64),
+        ("request_id", s, r), ("session_id", s, r), ("turn", i32, r), ("workload", s, r),
+        ("instance", i32, r),
+        ("arrival_s", f64, r), ("start_s", f64, r), ("first_token_s", f64, r), ("finish_s", f64, r),
+        ("ttft_s", f64, d), ("tpot_s", f64, d), ("queue_s", f64, d),
+        ("input_tokens", i64, r), ("output_tokens", i64, r), ("reused_tokens", i64, d),
+        *[(f"reused_tokens_{name}", i64, r) for name in tier_names],
+        ("prefilled_tokens", i64, r), ("loaded_bytes", f64, r), ("load_s", f64, r),
+        ("preemptions", i32, r), ("gpu_s", f64, r), ("cost_usd", f64, d),
+        ("no_reuse_prefill_s", f64, SCRATCH), ("no_reuse_ttft_s", f64, d),
+        ("no_reuse_gpu_s", f64, r), ("no_reuse_cost_usd", f64, d),
+        ("api_cached_tokens", i64, r), ("api_cache_write_tokens", i64, r), ("api_cost_usd", f64, r),
+        ("api_no_reuse_cost_usd", f64, d),
+        ("reported_cached_tokens", i64, r), ("reported_cache_write_tokens", i64, r),
+        ("reported_api_cost_usd", f64, r),
     ]
 
 
 def requests_schema(tier_names: list[str]) -> pa.Schema:
-    f64, i64, i32, s = _F64, _I64, _I32, _STR
-    fields = [
-        ("request_id", s), ("session_id", s), ("turn", i32), ("workload", s),
-        ("instance", i32),
-        ("arrival_s", f64), ("start_s", f64), ("first_token_s", f64), ("finish_s", f64),
-        ("ttft_s", f64), ("tpot_s", f64), ("queue_s", f64),
-        ("input_tokens", i64), ("output_tokens", i64), ("reused_tokens", i64),
-        *[(f"reused_tokens_{name}", i64) for name in tier_names],
-        ("prefilled_tokens", i64), ("loaded_bytes", f64), ("load_s", f64), ("preemptions", i32),
-        ("gpu_s", f64), ("cost_usd", f64),
-        ("no_reuse_ttft_s", f64), ("no_reuse_gpu_s", f64), ("no_reuse_cost_usd", f64),
-        ("api_cached_tokens", i64), ("api_cache_write_tokens", i64), ("api_cost_usd", f64),
-        ("api_no_reuse_cost_usd", f64),
-        ("reported_cached_tokens", i64), ("reported_cache_write_tokens", i64),
-        ("reported_api_cost_usd", f64),
-    ]
-    return pa.schema(fields)
+    return pa.schema([(name, t) for name, t, source in _columns(tier_names) if source != SCRATCH])
+
+
+def _recorded_schema(tier_names: list[str]) -> pa.Schema:
+    return pa.schema([(name, t) for name, t, source in _columns(tier_names) if source != DERIVED])
 
 
 def latency_columns(tier_names: list[str]) -> dict[str, pl.Expr]:
@@ -87,7 +82,7 @@ class RequestsWriter:
         self.path = Path(path)
         self.tier_names = list(tier_names)
         self.schema = requests_schema(self.tier_names)
-        self.raw = pa.schema(_raw_fields(self.tier_names))
+        self.raw = _recorded_schema(self.tier_names)
         self.derived = {**latency_columns(self.tier_names), **cost_columns}
         missing = set(self.schema.names) - set(self.raw.names) - set(self.derived)
         if missing:
