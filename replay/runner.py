@@ -23,7 +23,7 @@ from tqdm import tqdm
 from engines.base import Completion, Engine, Request
 from engines.specs import ConfigError
 from traces.expand import BlockExpander, CallBlocks, children_counts
-from traces.hashing import output_block_hashes
+from traces.hashing import output_blocks_after
 from traces.io import read_meta, scan
 
 MODES = ("open", "closed")
@@ -163,8 +163,7 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
             blocks = expander.prompt(rid, r["parent_id"], r["kept_blocks"], call_blocks.new(i), inp, out,
                                      output)
             if output is None:  # its last prompt block comes from its parent: hash it now
-                output = output_block_hashes(int(blocks[-1]) if len(blocks) else None, rid, inp, out,
-                                             meta.block_size)
+                output = output_blocks_after(blocks, rid, inp, out, meta.block_size)
                 expander.keep_output(rid, output)
             request = Request(rid, r["session_id"], r["turn"], r["workload"], t, inp, out, blocks,
                               meta.block_size, output)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from traces.hashing import output_block_hashes, output_block_hashes_many, unmix64
+from traces.hashing import output_block_hashes_many, output_blocks_after, unmix64
 from traces.io import read_meta, scan
 
 
@@ -78,9 +78,8 @@ class BlockExpander:
     def _output(self, request_id: str) -> np.ndarray:
         seq = self._seqs[request_id]
         if seq.output is None:
-            last = int(seq.blocks[-1]) if len(seq.blocks) else None
-            seq.output = output_block_hashes(last, request_id, seq.input_tokens, seq.output_tokens,
-                                             self.bs)
+            seq.output = output_blocks_after(seq.blocks, request_id, seq.input_tokens,
+                                             seq.output_tokens, self.bs)
         return seq.output
 
     def prompt(self, request_id: str, parent_id: str | None, kept_blocks: int,

@@ -168,6 +168,13 @@ def output_block_hashes(
                                                             block_size))
 
 
+def output_blocks_after(prompt: np.ndarray, request_id: str, input_tokens: int, output_tokens: int,
+                        block_size: int) -> np.ndarray:
+    """:func:`output_block_hashes` of a call whose full prompt block list is ``prompt``."""
+    last = int(prompt[-1]) if len(prompt) else None
+    return output_block_hashes(last, request_id, input_tokens, output_tokens, block_size)
+
+
 _BATCH_ROWS = 1 << 16  # calls per numpy pass: bounds the temporaries on big traces
 
 

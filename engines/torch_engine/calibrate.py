@@ -24,7 +24,7 @@ from engines.base import Request
 from engines.roofline import decode_step_bytes, prefill_flops_split
 from engines.specs import HardwareSpec, ModelSpec
 from engines.torch_engine.engine import TorchEngine
-from traces.hashing import chain_hashes, output_block_hashes
+from traces.hashing import chain_hashes, output_blocks_after
 
 PREFILL_GRID = [(n, c) for c in (0, 512, 1024, 2048) for n in (32, 64, 128, 256, 512, 1024)]
 DECODE_GRID = [(b, 512) for b in (1, 2, 4, 8, 16)]
@@ -36,9 +36,8 @@ def _conf(group: str, name: str) -> dict[str, Any]:
 
 
 def _request(rid: str, blocks: np.ndarray, input_tokens: int, output_tokens: int, bs: int) -> Request:
-    last = int(blocks[-1]) if len(blocks) else None
     return Request(rid, rid, 0, "calibration", 0.0, input_tokens, output_tokens, blocks, bs,
-                   output_block_hashes(last, rid, input_tokens, output_tokens, bs))
+                   output_blocks_after(blocks, rid, input_tokens, output_tokens, bs))
 
 
 def measure(model_cfg: Mapping[str, Any], hw_cfg: Mapping[str, Any], repeats: int = 5, seed: int = 0,

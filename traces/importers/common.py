@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from traces.hashing import output_block_hashes
+from traces.hashing import output_blocks_after
 from traces.io import TraceWriter
 from traces.schema import TraceError, TraceMeta
 
@@ -168,9 +168,9 @@ def write_trace(out: str | os.PathLike, calls: list[Call], block_size: int, work
                 parent = by_id.get(c.parent_id) if c.parent_id else None
                 kept = 0
                 if parent is not None:
-                    last = int(parent.blocks[-1]) if len(parent.blocks) else None
-                    seq = np.concatenate([parent.blocks, output_block_hashes(
-                        last, parent.request_id, parent.input_tokens, parent.output_tokens, block_size)])
+                    seq = np.concatenate([parent.blocks, output_blocks_after(
+                        parent.blocks, parent.request_id, parent.input_tokens, parent.output_tokens,
+                        block_size)])
                     kept = common_prefix(seq, c.blocks)
                 think = c.think_s
                 if think is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from traces.hashing import chain_hashes, output_block_hashes, string_key
+from traces.hashing import chain_hashes, output_blocks_after, string_key
 from traces.importers.common import Call
 
 
@@ -30,9 +30,8 @@ def rebuild_chain(calls: list[Call], block_size: int, chain_key: str, breaks: se
         n_blocks = c.input_tokens // bs
         base = np.empty(0, dtype=np.uint64)
         if prev is not None:
-            last = int(prev.blocks[-1]) if len(prev.blocks) else None
-            seq = np.concatenate([prev.blocks, output_block_hashes(
-                last, prev.request_id, prev.input_tokens, prev.output_tokens, bs)])
+            seq = np.concatenate([prev.blocks, output_blocks_after(
+                prev.blocks, prev.request_id, prev.input_tokens, prev.output_tokens, bs)])
             read = c.reported_cached_tokens
             alive = prev.cache_ttl_s is not None and c.arrival_s - prev.arrival_s <= prev.cache_ttl_s
             edited = read is not None and alive and read < prev.input_tokens - bs
