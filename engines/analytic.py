@@ -6,6 +6,7 @@ the wait for a slot, the load of cached KV from lower tiers over their links, an
 of the uncached tokens; its decode runs at the step time of a batch of ``concurrency``
 sequences. No batching interplay beyond that: fast enough for millions of calls.
 """
+
 from __future__ import annotations
 
 import heapq

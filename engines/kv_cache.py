@@ -330,7 +330,7 @@ class BlockCache:
             heapq.heappop(heap)
             tier_end = node.tier_end
             end = tier_end[t]
-            have = end - tier_end[t - 1] if t else end
+            have = node.count_in_tier(t)
             if have <= 0 or (node.children and any(c.tier_end[t] for c in node.children.values())):
                 continue  # not a leaf in this tier: pushed again when its children leave
             k = min(have, math.ceil(used[t] + reserved - target))

@@ -171,10 +171,3 @@ class RadixTree:
             runs.append(parent.hashes)
             parent = parent.parent
         return np.concatenate(runs[::-1])
-
-    @staticmethod
-    def ancestors(node: Node):
-        """The node and every node above it, root excluded."""
-        while node.parent is not None:
-            yield node
-            node = node.parent
