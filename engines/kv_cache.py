@@ -110,7 +110,7 @@ class BlockCache:
         if policy not in POLICIES:
             raise ValueError(f"unknown eviction policy {policy!r}; choose one of {sorted(POLICIES)}")
         if not 0.0 <= headroom < 1.0:
-            raise ValueError(f"eviction headroom must be in [0, 1), got {headroom}")
+            raise ValueError(f"cache.eviction_headroom must be in [0, 1), got {headroom}")
         self.capacity = [float(c) for c in capacities]
         self.target = [c if math.isinf(c) else c - math.floor(headroom * c) for c in self.capacity]
         self.names = list(names) if names else [f"tier{i}" for i in range(len(capacities))]

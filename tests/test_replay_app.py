@@ -120,6 +120,10 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
     (["trace.sessions=2", "model=llama3_1_70b", "parallel.tp=1"], "does not fit on 1 x h100_sxm"),
     (["trace.sessions=2", "trace.arrival.process=sometimes"], "arrival.process must be"),
     (["trace.sessions=2", "engine.block_size=100"], "must be a multiple of the trace's block size"),
+    (["trace.sessions=2", "cache.eviction_headroom=1.5"],
+     "cache.eviction_headroom must be in [0, 1), got 1.5"),
+    (["trace.sessions=2", "engine=offload", "cache.eviction_headroom=-0.1"],
+     "cache.eviction_headroom must be in [0, 1), got -0.1"),
 ])
 def test_bad_input_gets_a_clear_line_not_a_traceback(tmp_path, args, message):
     result = replay_cli(*args, cwd=tmp_path)
