@@ -181,7 +181,9 @@ class BlockCache:
         only once written (``draining``)."""
         self.clock = now
         self._evict(0, extra=blocks)
-        self._evict_all()
+        for t in range(1, self.n_tiers):  # what went down may overflow the tiers below
+            if self.used[t] > self.capacity[t]:
+                self._evict(t)
 
     def _hbm_held(self) -> int:
         """Tier-0 blocks counted against capacity by eviction (writes in flight excluded:
