@@ -233,7 +233,7 @@ def test_policies_routers_prefetch_and_swap_all_complete(tmp_path, coding):
 @pytest.fixture(scope="module")
 def small_coding(tmp_path_factory):
     path = tmp_path_factory.mktemp("t") / "small.parquet"
-    generate(load_config("coding_agent", ["sessions=4", "seed=3", "subagent.probability=0.3"]), path)
+    generate(load_config("coding_agent", ["sessions=3", "seed=3", "subagent.probability=0.3"]), path)
     return path
 
 
@@ -246,11 +246,14 @@ TIGHT = ["cache.tiers.0.capacity_bytes=1.5e11", "cache.tiers.1.capacity_bytes=3e
     ["engine.router=cache_aware", "instances=2"], ["engine.prefetch=true"], ["engine.preemption=swap"],
     ["engine.inclusive=true"], ["engine.admit_min_uses=2"], ["engine.load_policy=if_faster"],
     ["engine.overlap_load=true"], ["cache=warehouse", "instances=2"], ["engine.prefix_reuse=false"],
+    ["engine=analytic", "engine.router=cache_aware", "instances=2"],
+    ["engine=analytic", "engine.overlap_load=true"],
 ], ids=lambda o: " ".join(o))
 def test_the_invariant_checker_holds_for_every_policy_router_and_option(small_coding, options):
     cache = next((o for o in options if o.startswith("cache=")), "cache=hbm_dram_nvme")
-    cfg = compose_cfg(["engine=offload", cache, *TIGHT, "engine.check_invariants=true",
-                       *[o for o in options if not o.startswith("cache=")]])
+    name = next((o for o in options if o.startswith("engine=")), "engine=offload")
+    cfg = compose_cfg([name, cache, *TIGHT, "engine.check_invariants=true",
+                       *[o for o in options if not o.startswith(("cache=", "engine="))]])
     engine = build_engine(cfg, 64)
     result = replay(str(small_coding), engine, ReplayOptions(progress=False, session_rate_per_s=1.0),
                     lambda *a: None, lambda *a: None)
