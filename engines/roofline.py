@@ -159,7 +159,6 @@ class Roofline:
             attn_reduces = 0 if m.dp_attention else m.layers
             self._coll_token_s = attn_reduces * ring + (m.layers - moe) * ring + moe * 2 * a2a
             self._coll_fixed_s = (attn_reduces + m.layers - moe + 2 * moe) * hw.collective_latency_s
-        self._ramp = hw.gemm_ramp_tokens
         self._overhead_s = hw.pass_overhead_s
         self._overlap = hw.overlap_collectives
 
@@ -169,20 +168,16 @@ class Roofline:
         """One forward pass: ``tokens`` through the GEMMs, logits at ``sampled`` positions,
         prefill attention (pairs, cached tokens up-projected, KV tokens read or written) and
         decode attention (pairs = KV tokens read)."""
-        ramp = self._ramp
-        m = tokens + ramp
         fc, bc = self._proj
-        t = fc * m if fc * m > bc else bc
+        t = fc * tokens if fc * tokens > bc else bc
         fc, bc = self._mlp
-        t += fc * m if fc * m > bc else bc
+        t += fc * tokens if fc * tokens > bc else bc
         if sampled:
             fc, bc = self._head
-            m = sampled + ramp
-            t += fc * m if fc * m > bc else bc
+            t += fc * sampled if fc * sampled > bc else bc
         if self._expert_flop_s:
-            distinct = self.model.distinct_experts(tokens)
-            fc = self._expert_flop_s * (tokens + ramp * distinct / self.model.experts_per_token)
-            bc = self._expert_byte_s * distinct
+            fc = self._expert_flop_s * tokens
+            bc = self._expert_byte_s * self.model.distinct_experts(tokens)
             t += fc if fc > bc else bc
         if prefill_kv:
             fc = self._prefill_pair_s * prefill_pairs + self._kv_up_s * prefill_cached
@@ -243,27 +238,21 @@ class Roofline:
         dpairs = decode_batch * decode_context_tokens
         proj = m.layers * m.attention_params
         mlp = m.mlp_params + m.residual_params
-        ramp = self._ramp
-        # (name, FLOPs, bytes, FLOP/s, FLOPs of the ramp: small GEMMs run below peak)
-        ops = [("qkv_o", 2 * proj * tokens / tp, proj * wb / (1 if m.dp_attention else tp), gemm,
-                2 * proj * ramp / tp),
-               ("mlp", 2 * mlp * tokens / tp, mlp * wb / tp, gemm, 2 * mlp * ramp / tp)]
+        ops = [("qkv_o", 2 * proj * tokens / tp, proj * wb / (1 if m.dp_attention else tp), gemm),
+               ("mlp", 2 * mlp * tokens / tp, mlp * wb / tp, gemm)]
         if sampled:
-            ops.append(("lm_head", 2 * m.lm_head_params * sampled / tp, m.lm_head_params * wb / tp, gemm,
-                        2 * m.lm_head_params * ramp / tp))
+            ops.append(("lm_head", 2 * m.lm_head_params * sampled / tp, m.lm_head_params * wb / tp, gemm))
         if m.experts:
-            distinct = m.distinct_experts(tokens)
             ops.append(("experts", 2 * m.moe_layers * m.experts_per_token * m.expert_params * tokens / tp,
-                        m.moe_layers * distinct * m.expert_params * wb / tp, gemm,
-                        2 * m.moe_layers * m.expert_params * ramp * distinct / tp))
+                        m.moe_layers * m.distinct_experts(tokens) * m.expert_params * wb / tp, gemm))
         if kv:
             ops.append(("prefill_attention",
                         (prefill_pair_flops(m) * pairs + 2 * m.layers * m.kv_up_params * cached) / tp,
-                        kv * m.kv_bytes_per_token_per_gpu(tp), attn, 0.0))
+                        kv * m.kv_bytes_per_token_per_gpu(tp), attn))
         if dpairs:
             ops.append(("decode_attention", decode_pair_flops(m) * dpairs / tp,
-                        dpairs * m.kv_bytes_per_token_per_gpu(tp), attn, 0.0))
-        out = [Op(name, f, b, max((f + r) / rate, b / bw)) for name, f, b, rate, r in ops]
+                        dpairs * m.kv_bytes_per_token_per_gpu(tp), attn))
+        out = [Op(name, f, b, max(f / rate, b / bw)) for name, f, b, rate in ops]
         comm = self._coll_fixed_s + self._coll_token_s * tokens
         if comm:
             out.append(Op("collectives", 0.0, 0.0, comm))

@@ -240,7 +240,6 @@ class HardwareSpec:
     collective_latency_s: float = 0.0  # fixed cost of one all-reduce / all-to-all
     collective_efficiency: float = 0.0  # share of links.nvlink a collective reaches; 0: as link
     overlap_collectives: bool = False  # true: collectives hide under compute (max, not sum)
-    gemm_ramp_tokens: float = 0.0  # a GEMM over M tokens computes as if over M + this many
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> HardwareSpec:
@@ -267,7 +266,6 @@ class HardwareSpec:
                 collective_latency_s=float(cfg.get("collective_latency_s") or 0.0),
                 collective_efficiency=float(eff.get("collective") or eff["link"]),
                 overlap_collectives=bool(cfg.get("overlap_collectives", False)),
-                gemm_ramp_tokens=float(cfg.get("gemm_ramp_tokens") or 0.0),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
