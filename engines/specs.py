@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -19,8 +19,40 @@ def _need(cfg: Mapping[str, Any], key: str, where: str) -> Any:
     return cfg[key]
 
 
+DTYPE_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5}
+BYTES_DTYPE = {4.0: "fp32", 2.0: "bf16", 1.0: "fp8", 0.5: "fp4"}
+
+
+def _dtype(cfg: Mapping[str, Any], key: str, where: str) -> tuple[str, float]:
+    """(name, bytes) of a precision. ``<key>`` names it (bf16, fp8, ...); the older
+    ``<key>_bytes``, when set, wins (so existing overrides keep working)."""
+    nbytes, name = cfg.get(f"{key}_bytes"), cfg.get(key)
+    if nbytes is not None:
+        try:
+            nbytes = float(nbytes)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {key}_bytes must be a number, got {nbytes!r}") from None
+        if nbytes <= 0:
+            raise ConfigError(f"{where}: {key}_bytes must be > 0")
+        return BYTES_DTYPE.get(nbytes, "bf16"), nbytes
+    if name is None:
+        raise ConfigError(f"{where}: '{key}' is missing")
+    name = str(name).lower()
+    if name not in DTYPE_BYTES:
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(DTYPE_BYTES)}, got {name!r}")
+    return name, DTYPE_BYTES[name]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
+    """A model's shapes (as its config.json gives them) and the precisions it is served in.
+
+    ``params`` sizes the weights in HBM; the per-token work is derived from the shapes (see
+    ``linear_params`` and friends), so a MoE's active work follows its experts, not a constant.
+    Parameters the shapes do not name (norms, biases, or a config that only states ``params``)
+    count as one more dense matrix every token goes through (``residual_params``).
+    """
+
     name: str
     layers: int
     hidden: int
@@ -31,48 +63,142 @@ class ModelSpec:
     vocab: int
     params: float
     active_params: float
-    kv_dtype_bytes: int
-    weight_dtype_bytes: int
+    kv_dtype_bytes: float
+    weight_dtype_bytes: float
     attention: str  # "gqa" (MHA is gqa with kv_heads == heads) or "mla"
     kv_lora_rank: int = 0
     qk_rope_head_dim: int = 0
+    weight_dtype: str = "bf16"
+    kv_dtype: str = "bf16"
+    q_lora_rank: int = 0  # MLA: 0 = a plain q projection
+    qk_nope_head_dim: int = 0  # MLA: 0 = head_dim
+    v_head_dim: int = 0  # MLA: 0 = head_dim
+    experts: int = 0  # routed experts per MoE layer (0: dense model)
+    experts_per_token: int = 0
+    shared_experts: int = 0
+    moe_intermediate: int = 0
+    dense_layers: int = 0  # MoE models: the first layers that keep a dense MLP
+    expert_parallel: bool = False  # experts spread over the tp GPUs (all-to-all instead of all-reduce)
+    dp_attention: bool = False  # attention data-parallel over the tp GPUs (DeepSeek/SGLang deployment)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> ModelSpec:
         where = f"model {cfg.get('name', '?')}"
         fields = {k: _need(cfg, k, where) for k in (
             "name", "layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
-            "params", "active_params", "kv_dtype_bytes", "weight_dtype_bytes", "attention")}
+            "params", "active_params", "attention")}
+        fields["weight_dtype"], fields["weight_dtype_bytes"] = _dtype(cfg, "weight_dtype", where)
+        fields["kv_dtype"], fields["kv_dtype_bytes"] = _dtype(cfg, "kv_dtype", where)
+        ints = ("kv_lora_rank", "qk_rope_head_dim", "q_lora_rank", "qk_nope_head_dim", "v_head_dim",
+                "experts", "experts_per_token", "shared_experts", "moe_intermediate", "dense_layers")
         try:
-            for key in ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
-                        "kv_dtype_bytes", "weight_dtype_bytes"):
+            for key in ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab"):
                 fields[key] = int(fields[key])
             fields["params"] = float(fields["params"])
             fields["active_params"] = float(fields["active_params"])
-            spec = cls(**fields, kv_lora_rank=int(cfg.get("kv_lora_rank") or 0),
-                       qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0))
+            spec = cls(**fields, **{k: int(cfg.get(k) or 0) for k in ints},
+                       expert_parallel=bool(cfg.get("expert_parallel", False)),
+                       dp_attention=bool(cfg.get("dp_attention", False)))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if spec.attention not in ("gqa", "mla"):
             raise ConfigError(f"{where}: attention must be gqa or mla, got {spec.attention!r}")
         if spec.attention == "mla" and not spec.kv_lora_rank:
             raise ConfigError(f"{where}: mla needs kv_lora_rank and qk_rope_head_dim")
+        if spec.experts and not (0 < spec.experts_per_token <= spec.experts and spec.moe_intermediate):
+            raise ConfigError(f"{where}: a MoE needs 0 < experts_per_token <= experts and moe_intermediate")
+        if spec.dense_layers > spec.layers:
+            raise ConfigError(f"{where}: dense_layers {spec.dense_layers} > layers {spec.layers}")
         return spec
 
+    # -- KV ---------------------------------------------------------------------------------
     @property
-    def kv_bytes_per_token(self) -> int:
-        """KV bytes per token for the whole model (all GPUs together)."""
+    def kv_bytes_per_token(self) -> float:
+        """KV bytes per token for the whole model (all GPUs together), in the KV precision."""
         if self.attention == "mla":
             return self.layers * (self.kv_lora_rank + self.qk_rope_head_dim) * self.kv_dtype_bytes
         return 2 * self.layers * self.kv_heads * self.head_dim * self.kv_dtype_bytes
 
     def kv_shards(self, tp: int) -> int:
         """GPUs over which one token's KV is split: GQA splits KV heads (up to their number);
-        MLA's latent is shared by all heads, so tensor-parallel ranks each hold all of it."""
+        MLA's latent is shared by all heads, so tensor-parallel ranks each hold all of it, unless
+        attention is data-parallel (each GPU holds only its own sequences)."""
+        if self.dp_attention:
+            return tp
         return 1 if self.attention == "mla" else min(tp, self.kv_heads)
 
     def kv_bytes_per_token_per_gpu(self, tp: int) -> float:
         return self.kv_bytes_per_token / self.kv_shards(tp)
+
+    # -- weights, from the shapes -----------------------------------------------------------
+    @property
+    def qk_head_dim(self) -> int:
+        """Width of one head's query-key product (MLA: the no-rope part plus the rope part)."""
+        if self.attention == "mla":
+            return (self.qk_nope_head_dim or self.head_dim) + self.qk_rope_head_dim
+        return self.head_dim
+
+    @property
+    def v_dim(self) -> int:
+        return self.v_head_dim or self.head_dim
+
+    @property
+    def kv_up_params(self) -> float:
+        """MLA: kv_b_proj, latent -> per-head no-rope keys and values (per layer)."""
+        if self.attention != "mla":
+            return 0.0
+        return self.kv_lora_rank * self.heads * ((self.qk_nope_head_dim or self.head_dim) + self.v_dim)
+
+    @property
+    def attention_params(self) -> float:
+        """QKV and output projections of one layer (MLA: q_a, q_b, kv_a, kv_b, o)."""
+        h, nh = self.hidden, self.heads
+        if self.attention == "mla":
+            q = (h * self.q_lora_rank + self.q_lora_rank * nh * self.qk_head_dim if self.q_lora_rank
+                 else h * nh * self.qk_head_dim)
+            kv_a = h * (self.kv_lora_rank + self.qk_rope_head_dim)
+            return q + kv_a + self.kv_up_params + nh * self.v_dim * h
+        return h * nh * self.head_dim * 2 + 2 * h * self.kv_heads * self.head_dim
+
+    @property
+    def moe_layers(self) -> int:
+        return self.layers - self.dense_layers if self.experts else 0
+
+    @property
+    def expert_params(self) -> float:
+        """One routed expert (gate, up, down)."""
+        return 3.0 * self.hidden * self.moe_intermediate
+
+    @property
+    def mlp_params(self) -> float:
+        """Per-token MLP weights over all layers: dense MLPs, shared experts and routers (the
+        routed experts are counted apart, by the experts a step touches)."""
+        dense_layers = self.dense_layers if self.experts else self.layers
+        moe = self.moe_layers * (self.shared_experts * self.expert_params + self.hidden * self.experts)
+        return dense_layers * 3.0 * self.hidden * self.intermediate + moe
+
+    @property
+    def lm_head_params(self) -> float:
+        return float(self.vocab * self.hidden)
+
+    @property
+    def shape_params(self) -> float:
+        """Every weight the shapes name: projections, MLPs, all experts, embedding, lm_head."""
+        return (self.layers * self.attention_params + self.mlp_params
+                + self.moe_layers * self.experts * self.expert_params + 2 * self.lm_head_params)
+
+    @property
+    def residual_params(self) -> float:
+        """``params`` the shapes do not account for, treated as a dense matrix per token."""
+        return max(self.params - self.shape_params, 0.0)
+
+    def distinct_experts(self, tokens: float) -> float:
+        """Expected routed experts one MoE layer touches for ``tokens`` tokens each routed to
+        top-k of E (uniform routing): E (1 - (1 - k/E)^T)."""
+        if not self.experts or tokens <= 0:
+            return 0.0
+        e = self.experts
+        return e * (1.0 - (1.0 - self.experts_per_token / e) ** tokens)
 
     @property
     def weight_bytes(self) -> float:
@@ -80,8 +206,10 @@ class ModelSpec:
 
     @property
     def active_weight_bytes(self) -> float:
-        """Weights read by one forward pass (MoE: active experts only, roughly)."""
-        return self.active_params * self.weight_dtype_bytes
+        """Weights one token's pass reads: dense weights plus its top-k experts, lm_head once."""
+        active = (self.layers * self.attention_params + self.mlp_params + self.residual_params
+                  + self.moe_layers * self.experts_per_token * self.expert_params + self.lm_head_params)
+        return active * self.weight_dtype_bytes
 
     @property
     def attention_width(self) -> int:
@@ -91,6 +219,10 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class HardwareSpec:
+    """One GPU (or CPU) as the roofline sees it. ``flops`` is the dense peak of the default
+    precision (bf16 on GPUs); ``flops_by_dtype`` adds the peaks of other precisions the device
+    has tensor cores for (fp8, fp4); a precision it lacks runs at ``flops`` (weight-only)."""
+
     name: str
     flops: float  # peak dense bf16 FLOP/s per GPU
     hbm_bytes: float
@@ -100,31 +232,60 @@ class HardwareSpec:
     hbm_efficiency: float
     link_efficiency: float
     power_w: float
-    overhead_s: float = 0.0  # fixed cost of one forward pass (kernel launches, Python); 0 on GPUs
+    overhead_s: float = 0.0  # fixed cost of one forward pass (kernel launches, scheduling)
     attention_efficiency: float = 0.0  # share of peak that attention reaches; 0: as the dense part
+    flops_by_dtype: Mapping[str, float] = field(default_factory=dict)
+    overhead_eager_s: float = 0.0  # the same without CUDA graphs
+    cuda_graphs: bool = True
+    collective_latency_s: float = 0.0  # fixed cost of one all-reduce / all-to-all
+    collective_efficiency: float = 0.0  # share of links.nvlink a collective reaches; 0: as link
+    overlap_collectives: bool = False  # true: collectives hide under compute (max, not sum)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> HardwareSpec:
         where = f"hardware {cfg.get('name', '?')}"
         eff = _need(cfg, "efficiency", where)
-        spec = cls(
-            name=_need(cfg, "name", where),
-            flops=float(_need(cfg, "flops", where)),
-            hbm_bytes=float(_need(cfg, "hbm_bytes", where)),
-            hbm_bw=float(_need(cfg, "hbm_bw", where)),
-            links={k: float(v) for k, v in _need(cfg, "links", where).items()},
-            flops_efficiency=float(_need(eff, "flops", where + " efficiency")),
-            hbm_efficiency=float(_need(eff, "hbm", where + " efficiency")),
-            link_efficiency=float(_need(eff, "link", where + " efficiency")),
-            power_w=float(cfg.get("power_w") or 0.0),
-            overhead_s=float(cfg.get("overhead_s") or 0.0),
-            attention_efficiency=float(eff.get("attention") or eff["flops"]),
-        )
+        try:
+            by_dtype = {str(k): float(v) for k, v in (cfg.get("flops_by_dtype") or {}).items()}
+            overhead = float(cfg.get("overhead_s") or 0.0)
+            spec = cls(
+                name=_need(cfg, "name", where),
+                flops=float(_need(cfg, "flops", where)),
+                hbm_bytes=float(_need(cfg, "hbm_bytes", where)),
+                hbm_bw=float(_need(cfg, "hbm_bw", where)),
+                links={k: float(v) for k, v in _need(cfg, "links", where).items()},
+                flops_efficiency=float(_need(eff, "flops", where + " efficiency")),
+                hbm_efficiency=float(_need(eff, "hbm", where + " efficiency")),
+                link_efficiency=float(_need(eff, "link", where + " efficiency")),
+                power_w=float(cfg.get("power_w") or 0.0),
+                overhead_s=overhead,
+                attention_efficiency=float(eff.get("attention") or eff["flops"]),
+                flops_by_dtype=by_dtype,
+                overhead_eager_s=float(cfg.get("overhead_eager_s") or overhead),
+                cuda_graphs=bool(cfg.get("cuda_graphs", True)),
+                collective_latency_s=float(cfg.get("collective_latency_s") or 0.0),
+                collective_efficiency=float(eff.get("collective") or eff["link"]),
+                overlap_collectives=bool(cfg.get("overlap_collectives", False)),
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         for label, v in (("flops", spec.flops_efficiency), ("hbm", spec.hbm_efficiency),
-                         ("link", spec.link_efficiency), ("attention", spec.attention_efficiency)):
+                         ("link", spec.link_efficiency), ("attention", spec.attention_efficiency),
+                         ("collective", spec.collective_efficiency)):
             if not 0 < v <= 1:
                 raise ConfigError(f"{where}: efficiency.{label} must be in (0, 1], got {v}")
+        for dtype in spec.flops_by_dtype:
+            if dtype not in DTYPE_BYTES:
+                raise ConfigError(f"{where}: flops_by_dtype has unknown precision {dtype!r}")
         return spec
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak FLOP/s of a precision; without tensor cores for it, the default peak."""
+        return self.flops_by_dtype.get(dtype, self.flops)
+
+    @property
+    def pass_overhead_s(self) -> float:
+        return self.overhead_s if self.cuda_graphs else self.overhead_eager_s
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from traces.hashing import reusable_blocks
 
 LOAD_POLICIES = ("always", "if_faster")
 PREEMPTION = ("recompute", "swap")
+ADMISSION = ("greedy", "reserve")
 
 
 class OffloadEngine:
@@ -47,9 +48,11 @@ class OffloadEngine:
                  eviction_params: Mapping[str, float] | None = None, prefetch: bool = False,
                  prefetch_lead_s: float = 1.0, router: str = "session_affinity",
                  cache_aware_load_weight: float = 64.0, timeline_interval_s: float = 10.0,
-                 prefix_reuse: bool = True, check_invariants: bool = False) -> None:
+                 prefix_reuse: bool = True, check_invariants: bool = False,
+                 admission: str = "greedy") -> None:
         for name, value, allowed in (("load_policy", load_policy, LOAD_POLICIES),
-                                     ("preemption", preemption, PREEMPTION)):
+                                     ("preemption", preemption, PREEMPTION),
+                                     ("admission", admission, ADMISSION)):
             if value not in allowed:
                 raise ConfigError(f"engine.{name} must be one of {', '.join(allowed)}, got {value!r}")
         if max_batched_tokens < 1 or max_running < 1:
@@ -61,6 +64,7 @@ class OffloadEngine:
         self.kv_gpu_token = d.kv_bytes_per_gpu_token
         self.block_bytes = d.block_bytes
         self.load_policy, self.preemption = load_policy, preemption
+        self.reserve = admission == "reserve"
         self.cache_output_blocks = bool(cache_output_blocks)
         self.prefetch, self.prefetch_lead_s = bool(prefetch), float(prefetch_lead_s)
         self.router = Router(router, int(instances), float(cache_aware_load_weight))
@@ -239,6 +243,9 @@ class OffloadEngine:
         if self.shared_cache is not None and local_total < reusable:
             shared_hits = max(0, self.shared_cache.lookup(seq.blocks, reusable)[0] - local_total)
         need = len(seq.blocks) - local[0] + 1 + math.ceil(seq.swapped_tokens / bs)
+        if self.reserve:  # room for its whole sequence and what the running calls will still grow
+            need = self._final_blocks(seq) - local[0] + sum(
+                max(self._final_blocks(s) - len(s.blocks) - 1 - s.private_blocks, 0) for s in inst.running)
         if need > cache.free_blocks() and inst.running:
             seq.blocked_need = need
             return False
@@ -287,6 +294,11 @@ class OffloadEngine:
             cache.commit(acquired, seq.context // bs, now)
             seq.status = Status.PREFILLING
         return True
+
+    def _final_blocks(self, seq: Seq) -> int:
+        """HBM blocks a call holds when its last token is decoded (prompt, output, the partial one):
+        what ``admission=reserve`` sets aside at admission (TensorRT-LLM's GUARANTEED_NO_EVICT)."""
+        return (seq.request.input_tokens + seq.request.output_tokens) // self.block_size + 1
 
     def _load_estimate(self, local: list[int], shared_hits: int) -> float:
         bs = self.block_size
