@@ -172,6 +172,17 @@ class BlockCache:
         unpinned (evictable) tree blocks."""
         return self.capacity[0] - self.pinned - self.reserved - self.uncommitted - self.draining
 
+    def touch(self, hashes: np.ndarray, now: float) -> None:
+        """Mark the cached prefix of ``hashes`` used now (a call is about to take it), so
+        eviction picks other runs first."""
+        if not self.reuse:
+            return
+        path, _, _ = self.tree.match(hashes)
+        for node in path:
+            node.stamp = now
+            if node.pins == 0:
+                self._push_all(node)
+
     def room_now(self) -> float:
         """Tier-0 blocks free this instant: nothing in them, nothing being written out of them."""
         return self.capacity[0] - self.used[0] - self.reserved - self.uncommitted - self.draining

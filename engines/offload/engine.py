@@ -237,22 +237,17 @@ class OffloadEngine:
         if seq.blocked_need is not None and seq.blocked_need > cache.free_blocks() and inst.running:
             return False  # still no room for what it needed when it last failed to fit
         reusable = reusable_blocks(req.input_tokens, bs)
-        local = cache.lookup(seq.blocks, reusable)
-        local_total = sum(local)
-        shared_hits = 0
-        if self.shared_cache is not None and local_total < reusable:
-            shared_hits = max(0, self.shared_cache.lookup(seq.blocks, reusable)[0] - local_total)
-        need = len(seq.blocks) - local[0] + 1 + math.ceil(seq.swapped_tokens / bs)
-        if self.reserve:  # room for its whole sequence and what the running calls will still grow
-            need = self._final_blocks(seq) - local[0] + sum(
-                max(self._final_blocks(s) - len(s.blocks) - 1 - s.private_blocks, 0) for s in inst.running)
+        local, shared_hits, need = self._found(inst, seq, reusable)
         if need > cache.free_blocks() and inst.running:
             seq.blocked_need = need
             return False
         if need > cache.room_now():  # room held by evictable blocks: write them out first
+            cache.touch(seq.blocks, now)  # what it found is in use, not the LRU victim (as vLLM)
             cache.reclaim(need, now)
             if need > cache.room_now() and (inst.running or cache.draining):
                 return False  # admitted once the demotions drain (a write's end is an event)
+            local, shared_hits, need = self._found(inst, seq, reusable)
+        local_total = sum(local)
         seq.blocked_need = None
         limit = reusable
         lower = local_total - local[0] + shared_hits
@@ -299,6 +294,21 @@ class OffloadEngine:
         """HBM blocks a call holds when its last token is decoded (prompt, output, the partial one):
         what ``admission=reserve`` sets aside at admission (TensorRT-LLM's GUARANTEED_NO_EVICT)."""
         return (seq.request.input_tokens + seq.request.output_tokens) // self.block_size + 1
+
+    def _found(self, inst: Instance, seq: Seq, reusable: int) -> tuple[list[int], int, int]:
+        """What a waiting call would find: its cached prefix per local tier, the further blocks
+        in the shared warehouse, and the HBM blocks admitting it needs."""
+        cache, bs = inst.cache, self.block_size
+        local = cache.lookup(seq.blocks, reusable)
+        local_total = sum(local)
+        shared_hits = 0
+        if self.shared_cache is not None and local_total < reusable:
+            shared_hits = max(0, self.shared_cache.lookup(seq.blocks, reusable)[0] - local_total)
+        need = len(seq.blocks) - local[0] + 1 + math.ceil(seq.swapped_tokens / bs)
+        if self.reserve:  # room for its whole sequence and what the running calls will still grow
+            need = self._final_blocks(seq) - local[0] + sum(
+                max(self._final_blocks(s) - len(s.blocks) - 1 - s.private_blocks, 0) for s in inst.running)
+        return local, shared_hits, need
 
     def _load_estimate(self, local: list[int], shared_hits: int) -> float:
         bs = self.block_size
