@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,14 @@ def build_engine(cfg: DictConfig, trace_block_size: int, **overrides: Any):
         raise ConfigError(f"engine {cfg.engine.get('_target_')}: {cause}") from None
 
 
+def check_prefix_reuse(cfg: DictConfig) -> None:
+    """Fail before the replay, not after it, if the engine cannot run the no-reuse baseline."""
+    target = str(cfg.engine._target_)
+    if "prefix_reuse" not in inspect.signature(hydra.utils.get_class(target)).parameters:
+        raise ConfigError(f"engine {target} has no prefix_reuse option for the no-reuse baseline: "
+                          "set replay.baseline=off")
+
+
 def simulate(path: str, engine, opts: ReplayOptions, out: Path) -> ReplayResult:
     """Replay ``path`` through ``engine``, streaming the engine's rows to ``out`` as calls finish."""
     writer = RequestsWriter(out, engine.tier_names)
@@ -88,6 +97,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if baseline not in BASELINES:
         raise ConfigError(f"replay.baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
     engine = build_engine(cfg, meta.block_size)
+    if baseline == "simulate":
+        check_prefix_reuse(cfg)
     api = ApiPricing.from_cfg(cfg.pricing.api)
     self_hosted = SelfHostedPricing.from_cfg(cfg.pricing.self_hosted)
     power_w = float(cfg.hardware.get("power_w") or 0.0)
@@ -102,10 +113,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if timeline:
         pl.DataFrame(timeline).write_parquet(run_dir / "timeline.parquet")
     tiers = engine.tier_names
+    del engine  # the baseline's engine is built next: never two in memory
     base_frame, base_storage = None, None
     if baseline == "simulate" and not result.interrupted:  # Ctrl-C: the user wants out, not a second run
         base_rows = run_dir / ".requests.no_reuse.parquet"
-        base_result = simulate(path, build_engine(cfg, meta.block_size, prefix_reuse=False), opts, base_rows)
+        no_reuse = build_engine(cfg, meta.block_size, prefix_reuse=False)
+        base_result = simulate(path, no_reuse, opts, base_rows)
         if not base_result.interrupted:
             base_frame, base_storage = baseline_frame(base_rows, tiers), storage_usd(self_hosted, base_result)
         base_rows.unlink()
