@@ -1,19 +1,29 @@
-"""The analytic engine: a closed-form roofline per call with the shared prefix cache.
+"""The analytic engine: closed-form times per call on instances that share their GPUs.
 
-Each instance serves ``concurrency`` calls at once; the rest wait in FCFS order. A call looks
-up and pins its cached prefix when it starts (so only running calls hold KV), and its TTFT is
-the wait for a slot, the load of cached KV from lower tiers over their links, and the prefill
-of the uncached tokens; its decode runs at the step time of a batch of ``concurrency``
-sequences. No batching interplay beyond that: fast enough for millions of calls.
+Each instance runs at most ``concurrency`` calls, admitted FCFS when their KV fits (prompt and
+whole output reserved up front, as TensorRT-LLM's no-evict admission: never a preemption). A
+started call pins its cached prefix and waits for what it found in lower tiers (or another
+call's load still landing) to reach HBM. Prefills of one instance run one at a time, FCFS, each
+at the whole instance's speed (a serving engine's prefill runs its chunks in order, and one
+prefill already saturates the GPUs' compute, so processor sharing would only delay every
+call's first token); every chunk step of it also carries the instance's decoding batch (a
+mixed step costs the sum of its phases). A call's decode then runs at the batch decoding when
+it starts. Its prompt blocks become reusable when its prefill ends, its output blocks when it
+finishes. Writes to lower tiers are not timed here (the offload engine times them). Fast
+enough for millions of calls.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from engines.base import Completion, Request
 from engines.deployment import Deployment
@@ -22,51 +32,87 @@ from engines.router import Router
 from engines.specs import ConfigError
 from traces.hashing import reusable_blocks
 
+LANDED, PREFILLED, FINISHED = 0, 1, 2  # event kinds, in the order they run at one instant
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    request: Request
+    blocks: np.ndarray
+    acquired: Acquired
+    decode_blocks: int
+    completion: Completion
+
 
 class AnalyticEngine:
     def __init__(self, model: Mapping[str, Any], hardware: Mapping[str, Any], cache: Mapping[str, Any],
-                 tp: int, instances: int, trace_block_size: int, concurrency: int = 16,
+                 tp: int, instances: int, trace_block_size: int, concurrency: int = 256,
                  block_size: int | None = None, cache_output_blocks: bool = True,
-                 overlap_load: bool = False, router: str = "session_affinity") -> None:
-        if int(concurrency) < 1:
-            raise ConfigError("engine.concurrency must be >= 1")
+                 overlap_load: bool = False, router: str = "session_affinity",
+                 max_batched_tokens: int = 8192, prefix_reuse: bool = True,
+                 check_invariants: bool = False) -> None:
+        if int(concurrency) < 1 or int(max_batched_tokens) < 1:
+            raise ConfigError("engine.concurrency and engine.max_batched_tokens must be >= 1")
         d = self.deployment = Deployment.build(model, hardware, cache, tp, instances, trace_block_size,
                                                block_size)
         self.model, self.hw, self.tp, self.roofline, self.tiers = d.model, d.hw, d.tp, d.roofline, d.tiers
         self.tier_names, self.block_size = d.tier_names, d.block_size
         self.concurrency = int(concurrency)
+        self.max_batched_tokens = int(max_batched_tokens)
         self.cache_output_blocks = bool(cache_output_blocks)
         self.overlap_load = bool(overlap_load)
+        self.check_invariants = bool(check_invariants)
         self.kv_bytes_per_gpu_token = d.kv_bytes_per_gpu_token
         capacities = [t.capacity_bytes / d.block_bytes for t in self.tiers]
         policy = str(cache.get("eviction", "lru"))
         headroom = float(cache.get("eviction_headroom", 0.0))
-        self.caches = [BlockCache(capacities, self.tier_names, policy, headroom=headroom)
-                       for _ in range(d.instances)]
+        self.caches = [BlockCache(capacities, self.tier_names, policy, headroom=headroom,
+                                  reuse=bool(prefix_reuse)) for _ in range(d.instances)]
         self.router = Router(router, d.instances)
-        self._free = [self.concurrency] * d.instances  # idle slots per instance
+        self._running: list[set[_Running]] = [set() for _ in range(d.instances)]
         self._waiting: list[deque[Request]] = [deque() for _ in range(d.instances)]
-        self._events: list[tuple[float, int, Completion, Acquired, Request]] = []
+        self._prefill_free_at = [0.0] * d.instances  # when each instance's prefill server frees up
+        self._decoding: list[list[tuple[float, float]]] = [[] for _ in range(d.instances)]  # (end, ctx)
+        self._decoding_ctx = [0.0] * d.instances
+        self._land_at: dict[int, float] = {}  # load id -> when its blocks land
+        self._events: list[tuple[float, int, int, int, Any]] = []
         self._seq = itertools.count()
 
     def submit(self, request: Request, now: float) -> None:
         inst = self.router.pick(request.session_id, self._in_system, lambda i: sum(
             self.caches[i].lookup(self.deployment.blocks(request.blocks))))
-        if self._free[inst]:
-            self._free[inst] -= 1
-            self._start(request, inst, now)
-        else:
-            self._waiting[inst].append(request)
+        self._waiting[inst].append(request)
+        self._start_waiting(inst, now)
+        self._check(inst)
 
     def _in_system(self, inst: int) -> int:
         """Calls running or waiting on an instance (the routers' load)."""
-        return self.concurrency - self._free[inst] + len(self._waiting[inst])
+        return len(self._running[inst]) + len(self._waiting[inst])
 
-    def _start(self, request: Request, inst: int, now: float) -> None:
-        """A call takes a slot at ``now``: pin its prefix, price its load, prefill and decode."""
-        bs, roof = self.block_size, self.roofline
-        acquired = self.caches[inst].acquire(self.deployment.blocks(request.blocks), now,
-                                             reusable=reusable_blocks(request.input_tokens, bs))
+    def _decode_blocks(self, request: Request, prompt_blocks: int) -> int:
+        return math.ceil((request.input_tokens + request.output_tokens) / self.block_size) - prompt_blocks
+
+    def _start_waiting(self, inst: int, now: float) -> None:
+        """Start queued calls, oldest first, while a slot is free and their KV fits (a call
+        alone on an idle instance starts whatever it needs)."""
+        waiting, cache = self._waiting[inst], self.caches[inst]
+        while waiting and len(self._running[inst]) < self.concurrency:
+            request = waiting[0]
+            blocks = self.deployment.blocks(request.blocks)
+            need = len(blocks) - cache.lookup(blocks)[0] + self._decode_blocks(request, len(blocks))
+            if need > cache.free_blocks() and self._running[inst]:
+                return
+            waiting.popleft()
+            self._start(request, blocks, inst, now)
+
+    def _start(self, request: Request, blocks: np.ndarray, inst: int, now: float) -> None:
+        """A call starts at ``now``: pin its prefix, time its loads, its prefill and its decode."""
+        bs, roof, cache = self.block_size, self.roofline, self.caches[inst]
+        load_id = next(self._seq)
+        acquired = cache.acquire(blocks, now, reusable_blocks(request.input_tokens, bs), load_id)
+        decode_blocks = self._decode_blocks(request, len(blocks))
+        cache.reserved += decode_blocks
+        cache.make_room(now)
         hits = acquired.hits
         reused_tokens = acquired.hit_blocks * bs
         prefilled = request.input_tokens - reused_tokens
@@ -74,25 +120,72 @@ class AnalyticEngine:
         for t in range(1, len(hits)):
             if hits[t]:
                 nbytes = hits[t] * bs * self.kv_bytes_per_gpu_token
-                load_s += roof.load_s(self.tiers[t], nbytes)
+                load_s += roof.load_s(self.tiers[t], nbytes)  # one after another over one host link
                 loaded_bytes += nbytes * self.tp
-        prefill_s = roof.prefill_s(prefilled, reused_tokens)
-        first_token = now + (max(load_s, prefill_s) if self.overlap_load else load_s + prefill_s)
-        tpot = roof.decode_step_s(self.concurrency, request.input_tokens + request.output_tokens / 2)
+        if load_s > 0:
+            self._land_at[load_id] = now + load_s
+            self._push(now + load_s, LANDED, (load_id, inst))
+        else:
+            cache.landed(load_id)
+        ready = max([now + load_s, *(self._land_at[w] for w in acquired.waits)])
+        start = max(now if self.overlap_load else ready, self._prefill_free_at[inst])
+        prefill_s = self._prefill_s(inst, start, prefilled, reused_tokens)
+        first_token = max(start + prefill_s, ready)
+        self._prefill_free_at[inst] = start + prefill_s
+        batch, tpot = self._join_decode(inst, first_token, request)
         decode_s = tpot * max(request.output_tokens - 1, 0)
         finish = first_token + decode_s
-        no_reuse_prefill = roof.prefill_s(request.input_tokens)
-        decode_share = decode_s / self.concurrency
+        heapq.heappush(self._decoding[inst], (finish, self._context(request)))
+        self._decoding_ctx[inst] += self._context(request)
         completion = Completion(
             request_id=request.request_id, instance=inst, start_s=now, first_token_s=first_token,
             finish_s=finish, prefilled_tokens=prefilled,
             reused_tokens_by_tier={n: h * bs for n, h in zip(self.tier_names, hits, strict=True)},
-            loaded_bytes=loaded_bytes,
-            gpu_s=self.tp * (prefill_s + decode_share), no_reuse_prefill_s=no_reuse_prefill,
-            no_reuse_gpu_s=self.tp * (no_reuse_prefill + decode_share),
-            load_s=load_s,
+            loaded_bytes=loaded_bytes, gpu_s=self.tp * (prefill_s + decode_s / batch),
+            load_s=ready - now,
+            no_reuse_prefill_s=roof.prefill_s(request.input_tokens),  # the formula baseline, being replaced
+            no_reuse_gpu_s=self.tp * (roof.prefill_s(request.input_tokens) + decode_s / batch),
         )
-        heapq.heappush(self._events, (finish, next(self._seq), completion, acquired, request))
+        running = _Running(request, blocks, acquired, decode_blocks, completion)
+        self._running[inst].add(running)
+        self._push(first_token, PREFILLED, running)
+        self._push(finish, FINISHED, running)
+
+    @staticmethod
+    def _context(request: Request) -> float:
+        """A call's mean context over its decode."""
+        return request.input_tokens + request.output_tokens / 2
+
+    def _prefill_s(self, inst: int, start: float, new_tokens: int, cached_tokens: int) -> float:
+        """The prefill's chunk steps, each also decoding the batch decoding at its start."""
+        if new_tokens <= 0:
+            return 0.0
+        roof = self.roofline
+        alone = roof.prefill_s(new_tokens, cached_tokens)
+        batch = self._decoding_at(inst, start)
+        if not batch:
+            return alone
+        chunk = min(new_tokens, self.max_batched_tokens)
+        mean_ctx = self._decoding_ctx[inst] / batch
+        with_decode = roof.step_s([(chunk, cached_tokens)], batch, mean_ctx)
+        return alone + math.ceil(new_tokens / chunk) * (with_decode - roof.step_s([(chunk, cached_tokens)]))
+
+    def _decoding_at(self, inst: int, t: float) -> int:
+        """Calls of an instance decoding at ``t`` (asked at non-decreasing times: prefills run
+        in order, so everything decoding started before)."""
+        heap = self._decoding[inst]
+        while heap and heap[0][0] <= t:
+            self._decoding_ctx[inst] -= heapq.heappop(heap)[1]
+        return len(heap)
+
+    def _join_decode(self, inst: int, t: float, request: Request) -> tuple[int, float]:
+        """(batch, time per output token) of a call that starts decoding at ``t``."""
+        batch = self._decoding_at(inst, t) + 1
+        mean_ctx = (self._decoding_ctx[inst] + self._context(request)) / batch
+        return batch, self.roofline.decode_step_s(batch, mean_ctx)
+
+    def _push(self, t: float, kind: int, what: Any) -> None:
+        heapq.heappush(self._events, (t, kind, next(self._seq), what))
 
     def next_event_time(self) -> float | None:
         return self._events[0][0] if self._events else None
@@ -100,16 +193,34 @@ class AnalyticEngine:
     def advance(self, until: float) -> list[Completion]:
         done = []
         while self._events and self._events[0][0] <= until:
-            finish, _, completion, acquired, request = heapq.heappop(self._events)
-            inst = completion.instance
-            output = self.deployment.output_blocks(request) if self.cache_output_blocks else None
-            self.caches[inst].release(acquired, finish, output)
-            done.append(completion)
-            if self._waiting[inst]:  # the freed slot goes to the longest-waiting call
-                self._start(self._waiting[inst].popleft(), inst, finish)
+            t, kind, _, what = heapq.heappop(self._events)
+            if kind == LANDED:
+                load_id, inst = what
+                del self._land_at[load_id]
+                self.caches[inst].landed(load_id)
+                continue
+            inst = what.completion.instance
+            cache = self.caches[inst]
+            if kind == PREFILLED:  # its prompt is computed: reusable by any later call
+                cache.commit(what.acquired, len(what.blocks), t)
             else:
-                self._free[inst] += 1
+                output = self.deployment.output_blocks(what.request) if self.cache_output_blocks else None
+                cache.reserved -= what.decode_blocks
+                cache.release(what.acquired, t, output)
+                self._running[inst].discard(what)
+                done.append(what.completion)
+                self._start_waiting(inst, t)
+            self._check(inst)
         return done
+
+    def _check(self, inst: int) -> None:
+        if self.check_invariants:
+            self.caches[inst].check([r.acquired for r in self._running[inst]])
+
+    def check(self, final: bool = False) -> None:
+        """Every instance's block-cache invariants (see ``BlockCache.check``)."""
+        for inst, cache in enumerate(self.caches):
+            cache.check([r.acquired for r in self._running[inst]], final)
 
     def stats(self) -> dict[str, Any]:
         return {"block_size": self.block_size, "tiers": tier_report(self.caches, self.block_size)}

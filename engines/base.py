@@ -44,13 +44,14 @@ class Completion:
     first_token_s: float
     finish_s: float
     reused_tokens_by_tier: dict[str, int]
-    prefilled_tokens: int
+    prefilled_tokens: int  # every token computed for the call, over all its admissions
     loaded_bytes: float
     gpu_s: float
-    no_reuse_prefill_s: float  # the counterfactual prefill of the whole prompt, for baselines
-    no_reuse_gpu_s: float
-    load_s: float = 0.0  # time spent loading cached KV from lower tiers
+    recomputed_tokens: int = 0  # of prefilled_tokens, those computed again after a preemption
+    load_s: float = 0.0  # time spent waiting for cached KV to land from lower tiers
     preemptions: int = 0
+    no_reuse_prefill_s: float = 0.0  # TODO(money branch): the formula baseline, being replaced
+    no_reuse_gpu_s: float = 0.0
 
     @property
     def reused_tokens(self) -> int:

@@ -22,7 +22,7 @@ class Node:
     ``stamp`` is the owner's clock: last use for the KV cache, expiry for the API cache."""
 
     __slots__ = ("hashes", "parent", "children", "stamp", "tier_end", "pins", "alive", "end", "uses",
-                 "spare")
+                 "spare", "landing")
 
     def __init__(self, hashes: np.ndarray, parent: Node | None, n_tiers: int, stamp: float) -> None:
         self.hashes = hashes
@@ -34,6 +34,7 @@ class Node:
         self.uses = 0  # how many requests matched or stored this run
         self.alive = True
         self.spare: np.ndarray | None = None  # room to grow in place: ``hashes`` is its prefix
+        self.landing: int | None = None  # id of the load still bringing this run into HBM
         self.end = (parent.end if parent is not None else 0) + len(hashes)  # depth after the run
 
     def __len__(self) -> int:
@@ -52,16 +53,19 @@ class RadixTree:
         self.root = Node(_EMPTY, None, n_tiers, math.inf)
         self.nodes = 0
 
-    def match(self, hashes: np.ndarray) -> tuple[list[Node], int, int]:
-        """Walk the longest stored prefix of ``hashes``.
+    def match(self, hashes: np.ndarray, start: Node | None = None) -> tuple[list[Node], int, int]:
+        """Walk the longest stored prefix of ``hashes``, from the root or from ``start`` (a node
+        that covers exactly the first ``start.end`` of them).
 
         Returns (path, matched blocks, blocks matched in the last node of the path); every node
-        of the path but the last is matched whole. Chained hashes make this cheap: equal hashes
-        at a position mean equal prefixes up to it, so a run matches whole when its last block
-        does, and otherwise a binary search finds where it parts.
+        of the path but the last is matched whole; the path holds nodes below ``start`` only.
+        Chained hashes make this cheap: equal hashes at a position mean equal prefixes up to it,
+        so a run matches whole when its last block does, and otherwise a binary search finds
+        where it parts.
         """
         path: list[Node] = []
-        node, i, n, k = self.root, 0, len(hashes), 0
+        node = self.root if start is None else start
+        i, n, k = node.end, len(hashes), 0
         at = hashes.item  # plain ints: faster than numpy scalars for one element at a time
         while i < n:
             child = node.children.get(at(i))
@@ -99,6 +103,7 @@ class RadixTree:
         head.tier_end = [min(e, k) for e in node.tier_end]
         head.pins = node.pins
         head.uses = node.uses
+        head.landing = node.landing
         parent = node.parent
         assert parent is not None
         parent.children[int(node.hashes[0])] = head
@@ -121,11 +126,12 @@ class RadixTree:
             path[-1] = self.split(path[-1], k)
         return path
 
-    def add(self, parent: Node, hashes: np.ndarray, stamp: float) -> Node:
-        """Store ``hashes`` below ``parent`` (in tier 0): grow a childless leaf held wholly in
-        tier 0 in place, else hang a new node."""
-        if (parent is not self.root and not parent.children
-                and parent.tier_end[0] == len(parent.hashes)):
+    def add(self, parent: Node, hashes: np.ndarray, stamp: float, max_pins: int = 0) -> Node:
+        """Store ``hashes`` below ``parent`` (in tier 0): grow in place a childless leaf held
+        wholly in tier 0, landed, and pinned by at most ``max_pins`` users (whoever else pins it
+        must not find it longer than it was), else hang a new node."""
+        if (parent is not self.root and not parent.children and parent.pins <= max_pins
+                and parent.landing is None and parent.tier_end[0] == len(parent.hashes)):
             self.extend(parent, hashes)
             parent.stamp = max(parent.stamp, stamp)
             return parent

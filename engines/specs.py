@@ -138,6 +138,8 @@ class TierSpec:
     write_bw: float  # bytes/s per GPU, HBM -> tier
     latency_s: float
     shared: bool = False  # one tier for all instances (a remote warehouse)
+    aggregate_read_bw: float = math.inf  # a shared tier's total bandwidth, all GPUs together
+    aggregate_write_bw: float = math.inf
 
 
 def hbm_kv_capacity_bytes(model: ModelSpec, hw: HardwareSpec, tp: int, reserve_fraction: float) -> float:
@@ -173,5 +175,7 @@ def tiers_from_cfg(cache_cfg: Mapping[str, Any], model: ModelSpec, hw: HardwareS
             write_bw=float(t.get("write_bw") or math.inf) if i == 0 else float(_need(t, "write_bw", where)),
             latency_s=float(t.get("latency_s") or 0.0),
             shared=bool(t.get("shared", False)),
+            aggregate_read_bw=float(t.get("aggregate_read_bw") or math.inf),
+            aggregate_write_bw=float(t.get("aggregate_write_bw") or math.inf),
         ))
     return tiers

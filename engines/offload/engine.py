@@ -4,6 +4,14 @@ prefetch during think time, and a router in front.
 
 Events: a call's arrival (``submit``), the end of an instance's step, the end of a transfer on a
 link, a prefetch. ``advance(until)`` processes them in time order.
+
+KV moves over a ``Fabric``: each instance's host link in each direction (PCIe; DRAM and NVMe
+traffic of a GPU share it), each local tier's own read and write bandwidth (a drive), each
+instance's NIC, and the shared warehouse's aggregate bandwidth. Loads (a hit in a lower tier,
+a prefetch, a swap-in) land blocks in HBM only when their transfers finish; a call that matched
+blocks still landing waits for them. Writes (demotions, write-through, swap-out, warehouse
+puts) take bandwidth too, and HBM blocks being demoted occupy HBM until written, so a tier that
+cannot absorb writes fast enough slows admission.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,10 +28,10 @@ import numpy as np
 from engines.base import Completion, Request
 from engines.deployment import Deployment
 from engines.kv_cache import BlockCache, tier_report
-from engines.offload.links import Link
-from engines.offload.scheduler import Instance, Seq
+from engines.offload.fabric import Fabric, Resource
+from engines.offload.scheduler import Instance, Seq, Status
 from engines.router import Router
-from engines.specs import ConfigError
+from engines.specs import ConfigError, TierSpec
 from traces.hashing import reusable_blocks
 
 LOAD_POLICIES = ("always", "if_faster")
@@ -37,7 +46,8 @@ class OffloadEngine:
                  inclusive: bool = False, admit_min_uses: int = 0, eviction: str | None = None,
                  eviction_params: Mapping[str, float] | None = None, prefetch: bool = False,
                  prefetch_lead_s: float = 1.0, router: str = "session_affinity",
-                 cache_aware_load_weight: float = 64.0, timeline_interval_s: float = 10.0) -> None:
+                 cache_aware_load_weight: float = 64.0, timeline_interval_s: float = 10.0,
+                 prefix_reuse: bool = True, check_invariants: bool = False) -> None:
         for name, value, allowed in (("load_policy", load_policy, LOAD_POLICIES),
                                      ("preemption", preemption, PREEMPTION)):
             if value not in allowed:
@@ -66,25 +76,34 @@ class OffloadEngine:
         capacities = [t.capacity_bytes / self.block_bytes for t in self.local_tiers]
         headroom = float(cache.get("eviction_headroom", 0.0))
         self.shared_cache = None
+        self.prefix_reuse = bool(prefix_reuse)
+        self.check_invariants = bool(check_invariants)
+        self.fabric = Fabric()
+        eff = self.hw.link_efficiency
         if self.shared_tier is not None:
             self.shared_cache = BlockCache([self.shared_tier.capacity_bytes / self.block_bytes],
-                                           [self.shared_tier.name], "lru", headroom=headroom)
-            self.shared_link = Link(self.shared_tier.name, self._link_bw(self.shared_tier),
-                                    self.shared_tier.latency_s)
+                                           [self.shared_tier.name], "lru", headroom=headroom,
+                                           reuse=self.prefix_reuse)
         self.instances: list[Instance] = []
-        self.links: list[dict[str, Link]] = []
+        self._pending_writes: list[dict[tuple[int, int], int]] = []
         for i in range(n):
             cache_i = BlockCache(capacities, [t.name for t in self.local_tiers], policy,
                                  dict(eviction_params or {}), admit_min_uses, inclusive,
-                                 on_drop=self._to_shared if self.shared_cache else None,
-                                 headroom=headroom)
+                                 on_drop=(lambda hashes, now, i=i: self._to_shared(i, hashes, now))
+                                 if self.shared_cache else None,
+                                 headroom=headroom, reuse=self.prefix_reuse,
+                                 on_write=lambda blocks, src, dst, i=i: self._note_write(i, blocks, src, dst))
             self.instances.append(Instance(i, cache_i, self.roofline, self.block_size, self.tp,
                                            int(max_batched_tokens), int(max_running), bool(overlap_load)))
-            self.links.append({t.name: Link(f"instance{i}.{t.name}", self._link_bw(t), t.latency_s)
-                               for t in self.local_tiers[1:]})
+            self._pending_writes.append({})
+        self._host_in = [self.fabric.resource(f"instance{i}.host_in", self.hw.links["pcie"] * eff)
+                         for i in range(n)]
+        self._host_out = [self.fabric.resource(f"instance{i}.host_out", self.hw.links["pcie"] * eff)
+                          for i in range(n)]
+        self._loads: dict[int, _Load] = {}
+        # flow -> (the load it is part of, instance, HBM blocks it drains, the call it swaps out)
+        self._flows: dict[int, tuple[_Load | None, int, int, Seq | None]] = {}
         self._seq = itertools.count()
-        self._transfers: dict[int, Seq | None] = {}  # transfer id -> waiting call (None: prefetch)
-        self._next_transfer_s: float | None = None
         self._prefetches: list[tuple[float, int, int, np.ndarray]] = []
         self._done: list[Completion] = []
         self.clock = 0.0
@@ -95,8 +114,29 @@ class OffloadEngine:
         self._next_sample = 0.0
         self._last_busy: dict[str, float] = {}
 
-    def _link_bw(self, tier) -> float:
-        return tier.read_bw * self.hw.link_efficiency
+    def _tier_resource(self, inst: int, tier: TierSpec, direction: str) -> Resource:
+        """A tier's own bandwidth in one direction (per GPU; the shared tier's is aggregate)."""
+        bw = tier.read_bw if direction == "read" else tier.write_bw
+        if tier.shared:
+            aggregate = tier.aggregate_read_bw if direction == "read" else tier.aggregate_write_bw
+            return self.fabric.resource(f"{tier.name}.{direction}", aggregate)
+        return self.fabric.resource(f"instance{inst}.{tier.name}.{direction}", bw * self.hw.link_efficiency)
+
+    def _path(self, inst: int, tier: int | None, direction: str) -> list[tuple[Resource, float]]:
+        """The resources a move crosses, with the GPUs' shards it carries on each. ``tier``:
+        a local tier's index, or None for the shared warehouse. Reads go tier -> HBM; writes
+        HBM -> tier 1, tier -> tier + 1 below that (host memory to a drive, not over the GPU's
+        link), or the last local tier -> the warehouse."""
+        eff = self.hw.link_efficiency
+        if tier is None:
+            t = self.shared_tier
+            nic = self.fabric.resource(f"instance{inst}.nic_{'in' if direction == 'read' else 'out'}",
+                                       self.hw.links["nic"] * eff)
+            return [(nic, 1.0), (self._tier_resource(inst, t, direction), float(self.tp))]
+        own = (self._tier_resource(inst, self.local_tiers[tier], direction), 1.0)
+        if direction == "read":
+            return [own, (self._host_in[inst], 1.0)]
+        return [(self._host_out[inst], 1.0), own] if tier == 1 else [own]
 
     # -- the protocol -----------------------------------------------------------------------
     def submit(self, request: Request, now: float) -> None:
@@ -108,6 +148,7 @@ class OffloadEngine:
         inst.interrupt(now)
         if inst.step is None:
             self._plan(inst, now)
+        self._settle(now)
 
     def expect(self, parent: Request, at: float) -> None:
         """A call continuing ``parent`` will be sent at ``at``: prefetch its prefix (the parent's
@@ -121,7 +162,7 @@ class OffloadEngine:
 
     def next_event_time(self) -> float | None:
         t = min((inst.busy_until() for inst in self.instances), default=math.inf)
-        t = min(t, self._next_transfer())
+        t = min(t, self.fabric.next_completion())
         if self._prefetches:
             t = min(t, self._prefetches[0][0])
         return None if t == math.inf else t
@@ -140,6 +181,7 @@ class OffloadEngine:
                     self._end_step(inst)
                 if inst.step is None:
                     self._plan(inst, t)
+            self._settle(t)
         done, self._done = self._done, []
         return done
 
@@ -148,10 +190,30 @@ class OffloadEngine:
         tiers = tier_report([inst.cache for inst in self.instances], bs)
         if self.shared_cache is not None:
             tiers.update(tier_report([self.shared_cache], bs))
-        links = {link.name: link.bytes_moved * self.tp for link in self._all_links()}
+        links = {res.name: res.bytes_moved * self.tp for res in self.fabric.resources.values()}
         return {"block_size": bs, "tiers": tiers, "link_bytes": links,
                 "preemptions": self.preemptions, "prefetched_tokens": self.prefetched_blocks * bs,
                 "byte_seconds_by_tier": dict(self.byte_seconds), "timeline": self.timeline}
+
+    def _settle(self, now: float) -> None:
+        """After every event: start the writes the caches asked for, and check the invariants."""
+        for i, pending in enumerate(self._pending_writes):
+            if pending:
+                for (src, dst), blocks in pending.items():
+                    self._start_write(i, src, dst, blocks, now)
+                pending.clear()
+        if self.check_invariants:
+            self.check()
+
+    def check(self, final: bool = False) -> None:
+        """The block caches' invariants, with every running call's hold (see ``BlockCache.check``)."""
+        for inst in self.instances:
+            inst.cache.check([s.acquired for s in inst.running if s.acquired is not None], final)
+            assert final is False or not (inst.running or inst.waiting), "calls left in an instance"
+        if self.shared_cache is not None:
+            self.shared_cache.check(final=final)
+        if final:
+            assert not self.fabric.flows and not self._loads, "transfers left in flight"
 
     # -- routing ----------------------------------------------------------------------------
     def _route(self, session_id: str, blocks: np.ndarray, peek: bool = False) -> int:
@@ -166,6 +228,8 @@ class OffloadEngine:
     def _admit(self, inst: Instance, seq: Seq, now: float) -> bool:
         """Acquire a waiting call's blocks and start its loads; False if its KV does not fit."""
         cache, req, bs = inst.cache, seq.request, self.block_size
+        if seq.swap_out_pending:
+            return False  # its KV is still being written out
         if seq.blocked_need is not None and seq.blocked_need > cache.free_blocks() and inst.running:
             return False  # still no room for what it needed when it last failed to fit
         reusable = reusable_blocks(req.input_tokens, bs)
@@ -184,7 +248,9 @@ class OffloadEngine:
         if lower and self.load_policy == "if_faster" and \
                 self._load_estimate(local, shared_hits) >= self.roofline.prefill_s(lower * bs, local[0] * bs):
             limit, shared_hits = local[0], 0  # recomputing those blocks beats loading them
-        seq.acquired = acquired = cache.acquire(seq.blocks, now, limit)
+        load = self._new_load(inst)
+        seq.acquired = acquired = cache.acquire(seq.blocks, now, limit, load.key)
+        seq.status = Status.LOADING
         if shared_hits:
             self.shared_cache.stats[0].loaded += shared_hits
         if seq.start_s is None:  # first admission: what it reused is what the call reports
@@ -192,19 +258,31 @@ class OffloadEngine:
             seq.reused = {name: h * bs for name, h in zip(cache.names, acquired.hits, strict=True)}
             if self.shared_tier is not None:
                 seq.reused[self.shared_tier.name] = shared_hits * bs
+        for waited in acquired.waits:  # blocks it matched that other loads are still landing
+            self._loads[waited].waiters.append(seq)
+            seq.loads_pending += 1
         if seq.swapped_tokens:  # swapped out earlier: its whole KV comes back from the next tier
             seq.context, seq.prefill_left = seq.swapped_tokens, 0
-            self._start_transfer(inst, seq, self.local_tiers[1].name,
-                                 seq.swapped_tokens * self.kv_gpu_token, now)
+            self._start_read(inst, load, 1, seq.swapped_tokens * self.kv_gpu_token, now, seq)
             seq.swapped_tokens = 0
-            return True
-        seq.context = (acquired.hit_blocks + shared_hits) * bs
-        seq.prefill_left = max(seq.target_tokens - seq.context, 0)
-        for t, tier in enumerate(self.local_tiers):
-            if t and acquired.hits[t]:
-                self._start_transfer(inst, seq, tier.name, acquired.hits[t] * bs * self.kv_gpu_token, now)
-        if shared_hits:
-            self._start_transfer(inst, seq, None, shared_hits * bs * self.kv_gpu_token, now)
+        else:
+            seq.context = (acquired.hit_blocks + shared_hits) * bs
+            seq.prefill_left = max(seq.target_tokens - seq.context, 0)
+            for t in range(1, len(self.local_tiers)):
+                if acquired.hits[t]:
+                    self._start_read(inst, load, t, acquired.hits[t] * bs * self.kv_gpu_token, now, seq)
+            if shared_hits:
+                self._start_read(inst, load, None, shared_hits * bs * self.kv_gpu_token, now, seq)
+        if load.flows:
+            load.waiters.append(seq)
+            seq.loads_pending += 1
+        else:
+            self._loads.pop(load.key)
+            cache.landed(load.key)
+        seq.load_started_s = now
+        if seq.loads_pending == 0:  # nothing to wait for (a fresh admission always has a token to compute)
+            cache.commit(acquired, seq.context // bs, now)
+            seq.status = Status.PREFILLING
         return True
 
     def _load_estimate(self, local: list[int], shared_hits: int) -> float:
@@ -215,79 +293,122 @@ class OffloadEngine:
             times.append(self.roofline.load_s(self.shared_tier, shared_hits * bs * self.kv_gpu_token))
         return sum(times)
 
-    def _start_transfer(self, inst: Instance, seq: Seq | None, tier: str | None, bytes_per_gpu: float,
-                        now: float) -> None:
-        link = self.shared_link if tier is None else self.links[inst.index][tier]
+    def _new_load(self, inst: Instance) -> _Load:
+        load = _Load(next(self._seq), inst.index)
+        self._loads[load.key] = load
+        return load
+
+    def _start_read(self, inst: Instance, load: _Load, tier: int | None, bytes_per_gpu: float, now: float,
+                    seq: Seq | None) -> None:
+        """Move ``bytes_per_gpu`` from a tier into HBM as part of ``load``."""
+        latency = (self.shared_tier if tier is None else self.local_tiers[tier]).latency_s
         key = next(self._seq)
-        link.start(key, bytes_per_gpu, now)
-        self._next_transfer_s = None
-        self._transfers[key] = seq
+        self.fabric.start(key, self._path(inst.index, tier, "read"), bytes_per_gpu, latency, now)
+        self._flows[key] = (load, inst.index, 0, None)
+        load.flows += 1
         if seq is not None:
-            seq.loads_pending += 1
             seq.loaded_bytes += bytes_per_gpu * self.tp
 
-    def _all_links(self):
-        for ls in self.links:
-            yield from ls.values()
-        if self.shared_cache is not None:
-            yield self.shared_link
+    def _note_write(self, inst: int, blocks: int, src: int, dst: int) -> None:
+        """A cache wrote blocks down (demotion or write-through): started once the event settles."""
+        key = (src, dst)
+        pending = self._pending_writes[inst]
+        pending[key] = pending.get(key, 0) + blocks
 
-    def _next_transfer(self) -> float:
-        if self._next_transfer_s is None:  # recomputed only after transfers start or end
-            self._next_transfer_s = min((link.next_completion() for link in self._all_links()),
-                                        default=math.inf)
-        return self._next_transfer_s
+    def _start_write(self, inst: int, src: int, dst: int | None, blocks: int, now: float) -> None:
+        """Write blocks from tier ``src`` to ``dst`` (None: the warehouse). A demotion out of HBM
+        keeps occupying HBM (``draining``) until written; a write-through copies what stays."""
+        cache = self.instances[inst].cache
+        draining = blocks if (src == 0 and not cache.inclusive) else 0
+        cache.draining += draining
+        tier = self.shared_tier if dst is None else self.local_tiers[dst]
+        key = next(self._seq)
+        self.fabric.start(key, self._path(inst, dst, "write"), blocks * self.block_size * self.kv_gpu_token,
+                          tier.latency_s, now)
+        self._flows[key] = (None, inst, draining, None)
 
     def _finish_transfers(self, now: float) -> None:
-        if self._next_transfer() > now:
+        if self.fabric.next_completion() > now:
             return
-        self._next_transfer_s = None
-        for link in self._all_links():
-            for key in link.finish(now):
-                seq = self._transfers.pop(key)
-                if seq is None:
-                    continue
+        for key in self.fabric.finish(now):
+            load, inst_index, draining, swapped = self._flows.pop(key)
+            if draining:
+                self.instances[inst_index].cache.draining -= draining
+            if swapped is not None:
+                swapped.swap_out_pending = False  # written out: it may be readmitted
+            if load is None:
+                continue
+            load.flows -= 1
+            if load.flows:
+                continue
+            del self._loads[load.key]
+            inst = self.instances[load.instance]
+            inst.cache.landed(load.key)
+            for seq in load.waiters:
                 seq.loads_pending -= 1
-                if seq.loads_pending == 0:
-                    seq.load_s = now - (seq.start_s if seq.start_s is not None else now)
-                    if seq.prefill_left == 0 and seq.first_token_s is None and seq.acquired is not None:
-                        Instance.emit_first_token(seq, now)  # overlapped prefill was waiting on it
-                        if seq.decode_left == 0:
-                            self._complete(self._instance_of(seq), seq, now)
+                if seq.loads_pending == 0 and seq.acquired is not None:
+                    self._loads_done(inst, seq, now)
 
-    def _instance_of(self, seq: Seq) -> Instance:
-        return next(inst for inst in self.instances if seq in inst.running)
+    def _loads_done(self, inst: Instance, seq: Seq, now: float) -> None:
+        """Every block a running call found has landed in HBM: it may read them. A call whose
+        prefill (overlapped, or none left after a swap-in) was waiting on them emits its first
+        token now."""
+        seq.load_s += now - seq.load_started_s
+        inst.cache.commit(seq.acquired, seq.context // self.block_size, now)
+        seq.status = Status.PREFILLING if seq.prefill_left else Status.DECODING
+        if seq.prefill_left == 0 and seq.first_token_s is None:
+            Instance.emit_first_token(seq, now)
+            if seq.decode_left == 0:
+                self._complete(inst, seq, now)
 
     def _do_prefetch(self, inst_index: int, blocks: np.ndarray, now: float) -> None:
         inst = self.instances[inst_index]
-        moved = inst.cache.promote(blocks, now)
-        for t, tier in enumerate(self.local_tiers):
-            if t and moved[t]:
+        load = self._new_load(inst)
+        moved = inst.cache.promote(blocks, now, load.key)
+        for t in range(1, len(self.local_tiers)):
+            if moved[t]:
                 self.prefetched_blocks += moved[t]
-                nbytes = moved[t] * self.block_size * self.kv_gpu_token
-                self._start_transfer(inst, None, tier.name, nbytes, now)
+                self._start_read(inst, load, t, moved[t] * self.block_size * self.kv_gpu_token, now, None)
+        if not load.flows:
+            del self._loads[load.key]
+            inst.cache.landed(load.key)
 
-    def _to_shared(self, hashes: np.ndarray, now: float) -> None:
+    def _to_shared(self, inst: int, hashes: np.ndarray, now: float) -> None:
+        """The last local tier let a run go: put it in the warehouse (its new blocks cross the
+        instance's NIC and the warehouse's write bandwidth)."""
+        before = self.shared_cache.used[0]
         self.shared_cache.insert(hashes, now)
+        written = self.shared_cache.used[0] - before
+        if written > 0:
+            pending = self._pending_writes[inst]
+            pending[(len(self.local_tiers) - 1, None)] = pending.get((len(self.local_tiers) - 1, None), 0) \
+                + written
 
     # -- steps ------------------------------------------------------------------------------
     def _plan(self, inst: Instance, now: float) -> None:
         def next_external() -> float:
-            return min(self._next_transfer(), self._prefetches[0][0] if self._prefetches else math.inf)
+            prefetch = self._prefetches[0][0] if self._prefetches else math.inf
+            return min(self.fabric.next_completion(), prefetch)
 
         inst.plan(now, lambda seq, t: self._admit(inst, seq, t), next_external)
 
     def _end_step(self, inst: Instance) -> None:
+        st = inst.step
         end, finished, grown = inst.apply()
         inst.cache.reserved += grown
+        for seq, _ in st.chunks:  # what the chunk computed now exists: enter it in the tree
+            if seq.acquired is not None and seq.loads_pending == 0:
+                inst.cache.commit(seq.acquired, seq.context // self.block_size, end)
         for seq in finished:
             self._complete(inst, seq, end)
-        while inst.cache.pinned + inst.cache.reserved > inst.cache.capacity[0] and len(inst.running) > 1:
+        while inst.cache.free_blocks() < 0 and len(inst.running) > 1:
             self._preempt(inst, inst.running[-1], end)
         inst.cache.make_room(end)
 
     def _preempt(self, inst: Instance, seq: Seq, now: float) -> None:
-        """Push the latest admitted call back to the head of the queue."""
+        """Push the latest admitted call back to the head of the queue. It keeps only what it
+        computed and entered in the tree (if not evicted meanwhile) and, in swap mode, what it
+        writes out."""
         self.preemptions += 1
         seq.preemptions += 1
         inst.running.remove(seq)
@@ -295,9 +416,17 @@ class OffloadEngine:
         inst.cache.reserved -= seq.private_blocks
         seq.private_blocks = 0
         seq.acquired = None
-        if self.preemption == "swap" and len(self.local_tiers) > 1:
+        seq.status = Status.PREEMPTED
+        if self.preemption == "swap" and len(self.local_tiers) > 1 and seq.context:
             seq.swapped_tokens = seq.context  # written out now, loaded back on readmission
-            inst.cache.stats[1].written += math.ceil(seq.context / self.block_size)
+            blocks = math.ceil(seq.context / self.block_size)
+            inst.cache.stats[1].written += blocks
+            seq.swap_out_pending = True  # readmitted only once written out
+            key = next(self._seq)
+            inst.cache.draining += blocks
+            self.fabric.start(key, self._path(inst.index, 1, "write"), seq.context * self.kv_gpu_token,
+                              self.local_tiers[1].latency_s, now)
+            self._flows[key] = (None, inst.index, blocks, seq)
         else:
             seq.target_tokens = max(seq.target_tokens, seq.context)  # all it had, its prompt at least
         seq.context = 0
@@ -306,21 +435,22 @@ class OffloadEngine:
     def _complete(self, inst: Instance, seq: Seq, now: float) -> None:
         if seq in inst.running:
             inst.running.remove(seq)
+        seq.status = Status.FINISHED
         req = seq.request
         output = self.deployment.output_blocks(req) if self.cache_output_blocks else None
         inst.cache.release(seq.acquired, now, output)
         inst.cache.reserved -= seq.private_blocks
-        reused = sum(seq.reused.values())
-        no_reuse = self.roofline.prefill_s(req.input_tokens)
-        extra_prefill = no_reuse - self.roofline.prefill_s(req.input_tokens - reused, reused)
         start = seq.start_s if seq.start_s is not None else now
         first = seq.first_token_s if seq.first_token_s is not None else now
+        reused = sum(seq.reused.values())
+        no_reuse = self.roofline.prefill_s(req.input_tokens)  # the formula baseline, being replaced
+        extra_prefill = no_reuse - self.roofline.prefill_s(req.input_tokens - reused, reused)
         self._done.append(Completion(
             request_id=req.request_id, instance=inst.index, start_s=start, first_token_s=first, finish_s=now,
-            reused_tokens_by_tier=seq.reused, prefilled_tokens=req.input_tokens - reused,
-            loaded_bytes=seq.loaded_bytes, gpu_s=seq.gpu_s, no_reuse_prefill_s=no_reuse,
+            reused_tokens_by_tier=seq.reused, prefilled_tokens=seq.prefilled,
+            recomputed_tokens=seq.recomputed, loaded_bytes=seq.loaded_bytes, gpu_s=seq.gpu_s,
+            load_s=seq.load_s, preemptions=seq.preemptions, no_reuse_prefill_s=no_reuse,
             no_reuse_gpu_s=seq.gpu_s + self.tp * extra_prefill,
-            load_s=seq.load_s, preemptions=seq.preemptions,
         ))
 
     # -- time -------------------------------------------------------------------------------
@@ -345,12 +475,22 @@ class OffloadEngine:
             row[f"{tier.name}_bytes"] = sum(i.cache.used[tier_i] for i in self.instances) * self.block_bytes
         if self.shared_cache is not None:
             row[f"{self.shared_tier.name}_bytes"] = self.shared_cache.used[0] * self.block_bytes
-        for link in self._all_links():
-            key = link.name
-            busy = link.busy_until(t)
-            row[f"{key}_util"] = min((busy - self._last_busy.get(key, 0.0)) / self.timeline_interval_s, 1.0) \
-                if t > 0 else 0.0
-            self._last_busy[key] = busy
+        for res in self.fabric.resources.values():
+            busy = self.fabric.busy_s(res, t)
+            busy_share = (busy - self._last_busy.get(res.name, 0.0)) / self.timeline_interval_s
+            row[f"{res.name}_util"] = min(busy_share, 1.0) if t > 0 else 0.0
+            self._last_busy[res.name] = busy
         row["running"] = sum(len(i.running) for i in self.instances)
         row["waiting"] = sum(len(i.waiting) for i in self.instances)
         self.timeline.append(row)
+
+
+@dataclass(eq=False)
+class _Load:
+    """Transfers that land blocks in one instance's HBM together (one call's hits, a prefetch,
+    a swap); the blocks are readable once all are done."""
+
+    key: int
+    instance: int
+    flows: int = 0
+    waiters: list[Seq] = field(default_factory=list)

@@ -9,6 +9,7 @@ which only decode runs and nothing can change is planned as one block of steps
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +18,17 @@ from dataclasses import dataclass, field
 from engines.base import Request
 from engines.kv_cache import Acquired, BlockCache
 from engines.roofline import Roofline
+
+
+class Status(enum.Enum):
+    """Where a call is in its life on an instance."""
+
+    WAITING = "waiting"  # queued, holds nothing
+    LOADING = "loading"  # admitted; cached KV it found is still landing
+    PREFILLING = "prefilling"
+    DECODING = "decoding"
+    PREEMPTED = "preempted"  # back in the queue; keeps only what it entered in the tree
+    FINISHED = "finished"
 
 
 @dataclass(eq=False)  # identity, not field-by-field comparison: calls are looked up in lists
@@ -42,7 +54,12 @@ class Seq:
     preemptions: int = 0
     swapped_tokens: int = 0  # KV written to the next tier by a swap-out, to load back
     blocked_need: int | None = None  # HBM blocks it needed when it last failed to fit
-    prefilled: int = 0
+    prefilled: int = 0  # tokens computed over all admissions
+    recomputed: int = 0  # of those, positions it had computed before (after a preemption)
+    computed_upto: int = 0  # furthest position it has computed in any admission
+    status: Status = Status.WAITING
+    swap_out_pending: bool = False  # preempted in swap mode, KV still being written out
+    load_started_s: float = 0.0
 
 
 @dataclass
@@ -154,6 +171,7 @@ class Instance:
 
     @staticmethod
     def emit_first_token(s: Seq, now: float) -> None:
+        s.status = Status.DECODING
         s.first_token_s = now
         s.decode_left = max(s.request.output_tokens - 1, 0)
 
@@ -168,8 +186,10 @@ class Instance:
         finished = []
         grown = 0
         for s, c in st.chunks:
+            s.recomputed += max(0, min(s.context + c, s.computed_upto) - s.context)
             s.prefill_left -= c
             s.context += c
+            s.computed_upto = max(s.computed_upto, s.context)
             s.prefilled += c
             s.gpu_s += share
             if s.prefill_left > 0:
@@ -183,6 +203,7 @@ class Instance:
         for s in st.decoding:
             before = s.context
             s.context += st.steps
+            s.computed_upto = max(s.computed_upto, s.context)
             s.decode_left -= st.steps
             s.gpu_s += share
             new_blocks = s.context // self.bs - before // self.bs
