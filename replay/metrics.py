@@ -40,7 +40,8 @@ def _columns(tier_names: list[str]) -> list[tuple[str, pa.DataType, str]]:
         ("ttft_s", f64, d), ("tpot_s", f64, d), ("queue_s", f64, d),
         ("input_tokens", i64, e), ("output_tokens", i64, e), ("reused_tokens", i64, d),
         *[(f"reused_tokens_{name}", i64, e) for name in tier_names],
-        ("prefilled_tokens", i64, e), ("loaded_bytes", f64, e), ("load_s", f64, e),
+        ("prefilled_tokens", i64, e), ("recomputed_tokens", i64, e), ("loaded_bytes", f64, e),
+        ("load_s", f64, e),
         ("preemptions", i32, e), ("gpu_s", f64, e), ("cost_usd", f64, d),
         ("no_reuse_arrival_s", f64, b), ("no_reuse_first_token_s", f64, b), ("no_reuse_finish_s", f64, b),
         ("no_reuse_ttft_s", f64, d), ("no_reuse_tpot_s", f64, d),
@@ -105,7 +106,8 @@ class RequestsWriter:
             request.request_id, request.session_id, request.turn, request.workload, done.instance,
             request.arrival_s, done.start_s, done.first_token_s, done.finish_s,
             request.input_tokens, request.output_tokens, *[by_tier[name] for name in self.tier_names],
-            done.prefilled_tokens, done.loaded_bytes, done.load_s, done.preemptions, done.gpu_s,
+            done.prefilled_tokens, done.recomputed_tokens, done.loaded_bytes, done.load_s, done.preemptions,
+            done.gpu_s,
         ))
         if len(self.rows) >= FLUSH_ROWS:
             self.flush()

@@ -85,6 +85,7 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHo
         "reuse_by_tier": {t: (int(df[f"reused_tokens_{t}"].sum()) / input_tokens if input_tokens else 0.0)
                           for t in tier_names},
         "prefilled_tokens": int(df["prefilled_tokens"].sum()),
+        "recomputed_tokens": int(df["recomputed_tokens"].sum()),
         "no_reuse_prefilled_tokens": int(df["no_reuse_prefilled_tokens"].sum()) if has_baseline else None,
         "loaded_bytes": float(df["loaded_bytes"].sum()),
         "ttft_s": _pct(df["ttft_s"]),
