@@ -99,7 +99,7 @@ def cost_breakdown(requests: pl.DataFrame, summary: dict[str, Any], gpu_hour_usd
     per = lambda key: (summary.get(key) or 0.0) / sessions  # noqa: E731
     storage = sum(summary.get("storage_usd_by_tier", {}).values()) / sessions
     loads = float(requests["load_s"].fill_null(0).sum()) * tp / 3600 * gpu_hour_usd / sessions
-    compute = per("self_hosted_busy_usd") - storage - loads
+    compute = float(requests["cost_usd"].sum()) / sessions
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
     ax.bar("busy GPU-s\nwith reuse", compute, color="C0", label="GPU compute")
     ax.bar("busy GPU-s\nwith reuse", loads, bottom=compute, color="C1", label="GPU waiting on loads")
