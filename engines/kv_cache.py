@@ -172,6 +172,17 @@ class BlockCache:
         unpinned (evictable) tree blocks."""
         return self.capacity[0] - self.pinned - self.reserved - self.uncommitted - self.draining
 
+    def room_now(self) -> float:
+        """Tier-0 blocks free this instant: nothing in them, nothing being written out of them."""
+        return self.capacity[0] - self.used[0] - self.reserved - self.uncommitted - self.draining
+
+    def reclaim(self, blocks: int, now: float) -> None:
+        """Evict (demote or drop) enough of HBM for ``blocks`` more; a demotion frees its room
+        only once written (``draining``)."""
+        self.clock = now
+        self._evict(0, extra=blocks)
+        self._evict_all()
+
     def _hbm_held(self) -> int:
         """Tier-0 blocks counted against capacity by eviction (writes in flight excluded:
         evicting more does not free them sooner)."""
@@ -440,14 +451,14 @@ class BlockCache:
         excess = int(self.used[t] + held - self.capacity[t])
         self.stats[t].overflow = max(self.stats[t].overflow, excess)
 
-    def _evict(self, t: int) -> None:
+    def _evict(self, t: int, extra: int = 0) -> None:
         """Demote (or drop) leaf runs in priority order until tier t is down to its target.
 
         A policy may hold a run (``ttl_pin``) only while the tier is within its capacity: past
         it the pin yields, in the same order, so no tier ever holds more than it has."""
         heap = self._heaps[t]
         last = t == self.n_tiers - 1
-        held = self._held_outside(t)
+        held = self._held_outside(t) + extra
         used, target, priority_of = self.used, self.target[t], self.policy.priority
         while used[t] + held > target:
             if not heap:

@@ -242,6 +242,10 @@ class OffloadEngine:
         if need > cache.free_blocks() and inst.running:
             seq.blocked_need = need
             return False
+        if need > cache.room_now():  # room held by evictable blocks: write them out first
+            cache.reclaim(need, now)
+            if need > cache.room_now() and (inst.running or cache.draining):
+                return False  # admitted once the demotions drain (a write's end is an event)
         seq.blocked_need = None
         limit = reusable
         lower = local_total - local[0] + shared_hits
@@ -261,18 +265,17 @@ class OffloadEngine:
         for waited in acquired.waits:  # blocks it matched that other loads are still landing
             self._loads[waited].waiters.append(seq)
             seq.loads_pending += 1
-        if seq.swapped_tokens:  # swapped out earlier: its whole KV comes back from the next tier
-            seq.context, seq.prefill_left = seq.swapped_tokens, 0
-            self._start_read(inst, load, 1, seq.swapped_tokens * self.kv_gpu_token, now, seq)
-            seq.swapped_tokens = 0
-        else:
-            seq.context = (acquired.hit_blocks + shared_hits) * bs
-            seq.prefill_left = max(seq.target_tokens - seq.context, 0)
-            for t in range(1, len(self.local_tiers)):
-                if acquired.hits[t]:
-                    self._start_read(inst, load, t, acquired.hits[t] * bs * self.kv_gpu_token, now, seq)
-            if shared_hits:
-                self._start_read(inst, load, None, shared_hits * bs * self.kv_gpu_token, now, seq)
+        seq.context = (acquired.hit_blocks + shared_hits) * bs
+        for t in range(1, len(self.local_tiers)):
+            if acquired.hits[t]:
+                self._start_read(inst, load, t, acquired.hits[t] * bs * self.kv_gpu_token, now, seq)
+        if shared_hits:
+            self._start_read(inst, load, None, shared_hits * bs * self.kv_gpu_token, now, seq)
+        if seq.swapped_tokens > seq.context:  # swapped out earlier: the rest of its KV comes back
+            self._start_read(inst, load, 1, (seq.swapped_tokens - seq.context) * self.kv_gpu_token, now, seq)
+            seq.context = seq.swapped_tokens
+        seq.swapped_tokens = 0
+        seq.prefill_left = max(seq.target_tokens - seq.context, 0)
         if load.flows:
             load.waiters.append(seq)
             seq.loads_pending += 1
@@ -401,7 +404,8 @@ class OffloadEngine:
                 inst.cache.commit(seq.acquired, seq.context // self.block_size, end)
         for seq in finished:
             self._complete(inst, seq, end)
-        while inst.cache.free_blocks() < 0 and len(inst.running) > 1:
+        cache = inst.cache  # out of KV for what runs (not what drains: that frees itself)
+        while cache.pinned + cache.reserved + cache.uncommitted > cache.capacity[0] and len(inst.running) > 1:
             self._preempt(inst, inst.running[-1], end)
         inst.cache.make_room(end)
 

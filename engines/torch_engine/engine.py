@@ -79,7 +79,11 @@ class Call:
     arrival_s: float
     acquired: Acquired | None = None
     slots: torch.Tensor | None = None  # pool blocks covering every position of the call
-    private: list[int] = field(default_factory=list)
+    private: list[int] = field(default_factory=list)  # slots of its uncached prompt, then its decode
+    decode_blocks: int = 0
+    hit: int = 0  # leading prompt blocks found cached
+    handed: set[int] = field(default_factory=set)  # private slots the cache took over
+    prefilled: int = 0
     context: int = 0
     next_token: int = 0
     decoded: int = 0
@@ -215,8 +219,9 @@ class TorchEngine:
             self.cache.reserved += private
             c.acquired = self.cache.acquire(c.blocks, self.clock, reusable_blocks(req.input_tokens, bs))
             self.kv.place()
-            c.private = [self.pool.alloc() for _ in range(private)]
-            shared = [self.kv.slots[int(h)] for h in c.blocks]
+            c.hit, c.decode_blocks = c.acquired.committed, private
+            c.private = [self.pool.alloc() for _ in range(len(c.blocks) - c.hit + private)]
+            shared = [self.kv.slots[int(h)] for h in c.blocks[:c.hit]]
             c.slots = torch.tensor(shared + c.private, dtype=torch.long, device=self.device)
             c.reused = {n: h * bs for n, h in zip(self.tier_names, c.acquired.hits, strict=True)}
             c.context = c.acquired.hit_blocks * bs
@@ -233,8 +238,29 @@ class TorchEngine:
         logits = self.model(ids, [SeqSlice(0, n, c.context, c.slots)], self.pool.k, self.pool.v,
                             self.block_size)
         c.context += n
+        c.prefilled += n
+        self._hand_over(c, min(c.context // self.block_size, len(c.blocks)))
         if c.context >= req.input_tokens:
             c.next_token = int(logits[-1].argmax())
+
+    def _hand_over(self, c: Call, upto: int = 0, output: np.ndarray | None = None) -> None:
+        """Enter blocks the call has computed in the cache: its first ``upto`` prompt blocks
+        (``commit``) or, at the end, its ``output`` blocks (``release``). The private slots that
+        hold them become the cache's, unless another call entered the same block first (then
+        the slot stays the call's)."""
+        if output is None:
+            for j in range(c.acquired.committed, upto):
+                self.kv.adopt[int(c.blocks[j])] = c.private[j - c.hit]
+            self.cache.commit(c.acquired, upto, self.clock)
+        else:
+            base = len(c.blocks) - c.hit
+            for j, h in enumerate(output):
+                self.kv.adopt[int(h)] = c.private[base + j]
+            self.cache.release(c.acquired, self.clock, output)
+        self.kv.place()
+        c.handed |= self.kv.placed_private
+        self.kv.placed_private.clear()
+        self.kv.adopt.clear()
 
     def _decode(self, calls: list[Call]) -> None:
         tokens = torch.tensor([c.next_token for c in calls], dtype=torch.long, device=self.device)
@@ -248,25 +274,18 @@ class TorchEngine:
 
     def _complete(self, c: Call) -> Completion:
         req, bs = c.request, self.block_size
-        output = None
-        if self.cache_output_blocks:
-            full = reblock(req.sequence_blocks(), self.factor) if self.factor > 1 else req.sequence_blocks()
-            output = full[len(c.blocks): c.context // bs]  # blocks whose every position has KV
-            for j, h in enumerate(output):
-                self.kv.adopt[int(h)] = c.private[j]
-        self.cache.reserved -= len(c.private)
-        self.cache.release(c.acquired, self.clock, output)
-        self.kv.place()
+        full = reblock(req.sequence_blocks(), self.factor) if self.factor > 1 else req.sequence_blocks()
+        output = full[len(c.blocks): c.context // bs] if self.cache_output_blocks else full[:0]
+        self.cache.reserved -= c.decode_blocks
+        self._hand_over(c, output=output)  # blocks whose every position has KV
         for slot in c.private:  # what the cache did not take over goes back to the pool
-            if slot not in self.kv.placed_private:
+            if slot not in c.handed:
                 self.pool.release(slot)
-        self.kv.adopt.clear()
-        self.kv.placed_private.clear()
         reused = sum(c.reused.values())
         no_reuse = self.roofline.prefill_s(req.input_tokens)
         return Completion(
             request_id=req.request_id, instance=0, start_s=c.start_s,
             first_token_s=c.first_token_s if c.first_token_s is not None else self.clock,
-            finish_s=self.clock, reused_tokens_by_tier=c.reused, prefilled_tokens=req.input_tokens - reused,
+            finish_s=self.clock, reused_tokens_by_tier=c.reused, prefilled_tokens=c.prefilled,
             loaded_bytes=c.loaded_bytes, gpu_s=c.gpu_s, no_reuse_prefill_s=no_reuse,
             no_reuse_gpu_s=c.gpu_s + no_reuse - self.roofline.prefill_s(req.input_tokens - reused, reused))

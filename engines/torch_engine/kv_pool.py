@@ -74,6 +74,9 @@ class TieredKV:
                 self.incoming[h] = self.adopt.pop(h) if h in self.adopt else None
             elif dst is None:  # dropped: nothing to copy
                 self._discard(h, src)
+            elif dst == 0 and h in self.adopt:  # recomputed by a call while a copy sat below
+                self._discard(h, src)
+                self.incoming[h] = self.adopt.pop(h)
             elif dst == 0:
                 self.incoming[h] = self._take(h, src)
             else:
