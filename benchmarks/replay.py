@@ -1,11 +1,13 @@
-"""Replay speed and memory: the whole pipeline (runner, engine, API cache model, metrics) on a
-coding-agent trace of ~100k calls (the generator's defaults: a new session every ~50 s), served
-by 4 instances of Llama-3.1-70B on 8 H100s each, which keep up with that load (no queue).
+"""Replay speed and memory: the whole pipeline (runner, engine, metrics, the API billing pass,
+assembly of requests.parquet) on a coding-agent trace of ~100k calls (the generator's defaults:
+a new session every ~50 s), served by 4 instances of Llama-3.1-70B on 8 H100s each, which keep
+up with that load (no queue). It runs with replay.baseline=off: one simulation, as the targets
+below are for; --baseline adds the second, no-reuse simulation (about twice the engine time).
 
 Targets on a 2-core machine: analytic >= 20,000 calls/s; offload (three tiers) >= 5,000 calls/s
 and peak RSS <= 2 GiB.
 Usage: python -m benchmarks.replay [--sessions 520] [--engine analytic] [--cache hbm_dram]
-       [--instances 4] [hydra overrides...]
+       [--instances 4] [--baseline] [hydra overrides...]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     parser.add_argument("--engine", default="analytic")
     parser.add_argument("--cache", default="hbm_dram")
     parser.add_argument("--instances", type=int, default=4)
+    parser.add_argument("--baseline", action="store_true", help="also simulate the no-reuse baseline")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,7 +40,8 @@ def main() -> None:
             cfg = compose("config", overrides=[
                 f"engine={args.engine}", f"cache={args.cache}", f"instances={args.instances}",
                 "trace=file", f"trace.path={trace}",
-                "replay.progress=false", "plots=false", *args.overrides])
+                "replay.progress=false", "plots=false",
+                f"replay.baseline={'simulate' if args.baseline else 'off'}", *args.overrides])
         start = time.perf_counter()
         summary = run(cfg, Path(tmp))
         seconds = time.perf_counter() - start
@@ -45,6 +49,7 @@ def main() -> None:
         "engine": args.engine,
         "cache": args.cache,
         "instances": args.instances,
+        "baseline": "simulate" if args.baseline else "off",
         "calls": summary["calls"],
         "seconds": round(seconds, 2),
         "calls_per_s": round(summary["calls"] / seconds, 1),

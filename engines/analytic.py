@@ -143,8 +143,6 @@ class AnalyticEngine:
             reused_tokens_by_tier={n: h * bs for n, h in zip(self.tier_names, hits, strict=True)},
             loaded_bytes=loaded_bytes, gpu_s=self.tp * (prefill_s + decode_s / batch),
             load_s=ready - now,
-            no_reuse_prefill_s=roof.prefill_s(request.input_tokens),  # the formula baseline, being replaced
-            no_reuse_gpu_s=self.tp * (roof.prefill_s(request.input_tokens) + decode_s / batch),
         )
         running = _Running(request, blocks, acquired, decode_blocks, completion)
         self._running[inst].add(running)

@@ -50,8 +50,6 @@ class Completion:
     recomputed_tokens: int = 0  # of prefilled_tokens, those computed again after a preemption
     load_s: float = 0.0  # time spent waiting for cached KV to land from lower tiers
     preemptions: int = 0
-    no_reuse_prefill_s: float = 0.0  # TODO(money branch): the formula baseline, being replaced
-    no_reuse_gpu_s: float = 0.0
 
     @property
     def reused_tokens(self) -> int:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,17 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from engines.base import Completion, Request
 from engines.specs import ConfigError
-from replay.api_cache import ApiPricing, ModelPrices, ProviderPromptCache
+from replay.api_cache import ApiPricing, ModelPrices
+from replay.billing import Biller
 from replay.cost import SelfHostedPricing
-from replay.metrics import RequestsWriter
-from replay.runner import ReplayOptions, replay
+from replay.metrics import RequestsWriter, assemble, baseline_frame
+from replay.runner import ReplayOptions, ReplayResult, replay
 from replay.summary import summarize, table, write_summary
 from traces.io import read_meta
 from traces.schema import TraceError
+
+BASELINES = ("simulate", "off")
 
 
 def resolve_trace(cfg: DictConfig, run_dir: Path) -> str:
@@ -48,13 +51,14 @@ def resolve_trace(cfg: DictConfig, run_dir: Path) -> str:
     raise ConfigError(f"trace.kind must be 'generate' or 'file', got {kind!r}")
 
 
-def build_engine(cfg: DictConfig, trace_block_size: int):
+def build_engine(cfg: DictConfig, trace_block_size: int, **overrides: Any):
+    """The configured engine; ``overrides`` replace engine keys (``prefix_reuse=False``)."""
     container = lambda key: OmegaConf.to_container(cfg[key], resolve=True)  # noqa: E731
     try:
         return hydra.utils.instantiate(
             cfg.engine, model=container("model"), hardware=container("hardware"),
             cache=container("cache"), tp=cfg.parallel.tp, instances=cfg.instances,
-            trace_block_size=trace_block_size, _convert_="all")
+            trace_block_size=trace_block_size, _convert_="all", **overrides)
     except InstantiationException as exc:
         cause = exc.__cause__ or exc
         if isinstance(cause, (ConfigError, TraceError)):
@@ -62,12 +66,40 @@ def build_engine(cfg: DictConfig, trace_block_size: int):
         raise ConfigError(f"engine {cfg.engine.get('_target_')}: {cause}") from None
 
 
+def check_prefix_reuse(cfg: DictConfig) -> None:
+    """Fail before the replay, not after it, if the engine cannot run the no-reuse baseline."""
+    target = str(cfg.engine._target_)
+    if "prefix_reuse" not in inspect.signature(hydra.utils.get_class(target)).parameters:
+        raise ConfigError(f"engine {target} has no prefix_reuse option for the no-reuse baseline: "
+                          "set replay.baseline=off")
+
+
+def simulate(path: str, engine, opts: ReplayOptions, out: Path) -> ReplayResult:
+    """Replay ``path`` through ``engine``, streaming the engine's rows to ``out`` as calls finish."""
+    writer = RequestsWriter(out, engine.tier_names)
+    try:
+        return replay(path, engine, opts, None, lambda call, request, done: writer.add(request, done))
+    finally:
+        writer.close()
+
+
+def storage_usd(pricing: SelfHostedPricing, result: ReplayResult) -> dict[str, float]:
+    return {name: pricing.storage_cost(name, byte_s)
+            for name, byte_s in result.engine_stats.get("byte_seconds_by_tier", {}).items()}
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """One replay: trace -> runner -> engine -> metrics -> cost -> summary."""
+    """One replay: trace -> runner -> engine -> metrics, then the no-reuse baseline (a second
+    simulation), the API bill (a pass over the send and first-token times), cost, summary."""
     path = resolve_trace(cfg, run_dir)
     meta = read_meta(path)
+    baseline = str(cfg.replay.get("baseline", "simulate"))
+    if baseline not in BASELINES:
+        raise ConfigError(f"replay.baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
     engine = build_engine(cfg, meta.block_size)
-    api = ProviderPromptCache(ApiPricing.from_cfg(cfg.pricing.api), meta.block_size)
+    if baseline == "simulate":
+        check_prefix_reuse(cfg)
+    api = ApiPricing.from_cfg(cfg.pricing.api)
     self_hosted = SelfHostedPricing.from_cfg(cfg.pricing.self_hosted)
     power_w = float(cfg.hardware.get("power_w") or 0.0)
     r = cfg.replay
@@ -75,43 +107,35 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                          session_rate_per_s=r.session_rate_per_s, sample_sessions=r.sample.sessions,
                          sample_ratio=r.sample.ratio, limit=r.limit, seed=int(cfg.seed),
                          progress=bool(r.progress))
-    gpu_cost = self_hosted.gpu_cost
-    writer = RequestsWriter(run_dir / "requests.parquet", engine.tier_names, {
-        "cost_usd": gpu_cost(pl.col("gpu_s"), power_w),
-        "no_reuse_cost_usd": gpu_cost(pl.col("no_reuse_gpu_s"), power_w),
-        "api_no_reuse_cost_usd": api.pricing.no_reuse_cost(pl.col("input_tokens"), pl.col("output_tokens")),
-    })
-    charges: dict[str, Any] = {}
-    warm_start = bool(cfg.replay.get("api_warm_start", True))
-    model_prices = ModelPrices(cfg.pricing.get("models") or {})
-
-    def on_send(call: dict[str, Any], request: Request, t: float) -> None:
-        ttl = call["cache_ttl_s"]
-        reported = call["reported_cached_tokens"]
-        if warm_start and reported and call["kept_blocks"] == 0:
-            api.warm(request.blocks[: reported // meta.block_size], t, ttl)
-        charges[request.request_id] = api.call(request.blocks, t, request.input_tokens,
-                                               request.output_tokens, ttl, model_prices.lookup(call["model"]))
-
-    def on_finish(call: dict[str, Any], request: Request, done: Completion) -> None:
-        cached, written = call["reported_cached_tokens"], call["reported_cache_write_tokens"]
-        reported_cost = None if cached is None else model_prices.reported_cost(
-            call["model"], request.input_tokens, cached, written or 0, request.output_tokens,
-            call["cache_ttl_s"])
-        writer.add(request, done, charges.pop(request.request_id), (cached, written, reported_cost))
-
-    try:
-        result = replay(path, engine, opts, on_send, on_finish)
-    finally:
-        writer.close()
+    engine_rows = run_dir / ".requests.engine.parquet"
+    result = simulate(path, engine, opts, engine_rows)
     timeline = result.engine_stats.pop("timeline", None)
     if timeline:
         pl.DataFrame(timeline).write_parquet(run_dir / "timeline.parquet")
-    requests = pl.read_parquet(run_dir / "requests.parquet")
-    storage = {name: self_hosted.storage_cost(name, byte_s)
-               for name, byte_s in result.engine_stats.get("byte_seconds_by_tier", {}).items()}
+    tiers = engine.tier_names
+    del engine  # the baseline's engine is built next: never two in memory
+    base_frame, base_storage = None, None
+    if baseline == "simulate" and not result.interrupted:  # Ctrl-C: the user wants out, not a second run
+        base_rows = run_dir / ".requests.no_reuse.parquet"
+        no_reuse = build_engine(cfg, meta.block_size, prefix_reuse=False)
+        base_result = simulate(path, no_reuse, opts, base_rows)
+        if not base_result.interrupted:
+            base_frame, base_storage = baseline_frame(base_rows, tiers), storage_usd(self_hosted, base_result)
+        base_rows.unlink()
+    biller = Biller(api, ModelPrices(cfg.pricing.get("models") or {}), meta.block_size,
+                    warm_start=bool(cfg.replay.get("api_warm_start", True)))
+    bill = biller.bill(result.calls, pl.read_parquet(engine_rows, columns=["request_id", "arrival_s",
+                                                                           "first_token_s"]))
+    gpu_cost = self_hosted.gpu_cost
+    requests = assemble(engine_rows, run_dir / "requests.parquet", tiers, base_frame, bill, {
+        "cost_usd": gpu_cost(pl.col("gpu_s"), power_w),
+        "no_reuse_cost_usd": gpu_cost(pl.col("no_reuse_gpu_s"), power_w),
+        "api_no_reuse_cost_usd": api.no_reuse_cost(pl.col("input_tokens"), pl.col("output_tokens")),
+    })
+    engine_rows.unlink()
     summary = summarize(
-        requests, engine.tier_names, storage,
+        requests, tiers, self_hosted, int(cfg.parallel.tp) * int(cfg.instances), power_w,
+        storage_usd(self_hosted, result), base_storage,
         trace=str(cfg.trace.get("generator") or cfg.trace.get("path")),
         engine=str(cfg.engine._target_).rsplit(".", 1)[-1], model=cfg.model.name,
         hardware=cfg.hardware.name, cache=cfg.cache.name, pricing=cfg.pricing.api.model,
@@ -122,7 +146,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.get("plots", True):
         from replay.plots import run_plots
 
-        run_plots(run_dir, summary, engine.tier_names, self_hosted.gpu_hour_usd)
+        run_plots(run_dir, summary, tiers, self_hosted.gpu_hour_usd)
     return summary
 
 

@@ -1,4 +1,11 @@
-"""Self-hosted cost of GPU time and of KV held in tiers."""
+"""Self-hosted cost: of the GPU-seconds the calls kept busy, of every GPU provisioned for the
+run's span, and of KV held in tiers.
+
+The span of a run is the time from its first call's send (``arrival_s``) to its last call's
+finish (``finish_s``), on the replay clock: the GPUs must be there all that time, busy or not.
+Busy cost counts only the GPU-seconds the engine booked to calls; it is what the run would cost
+if idle GPU time were free (a perfectly packed, elastic fleet), so it is a lower bound.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,13 @@ from engines.specs import ConfigError
 
 SECONDS_PER_MONTH = 30.44 * 86_400
 Seconds = TypeVar("Seconds", float, pl.Expr)  # one call's figure, or a column of them
+
+
+def span_s(arrival_s: pl.Series, finish_s: pl.Series) -> float:
+    """First send to last finish (0 for no calls)."""
+    if arrival_s.len() == 0 or arrival_s.null_count() == arrival_s.len():
+        return 0.0
+    return float(finish_s.max() - arrival_s.min())
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,12 @@ class SelfHostedPricing:
         """GPU time at the hourly rate plus its energy at the facility's PUE."""
         hours = gpu_s / 3600.0
         return hours * self.gpu_hour_usd + hours * power_w / 1000.0 * self.pue * self.usd_per_kwh
+
+    def provisioned_cost(self, gpus: int, span_s: float, busy_gpu_s: float, power_w: float) -> float:
+        """Every provisioned GPU for the whole span at the hourly rate, plus energy at the
+        measured utilisation (power x busy GPU-seconds x PUE; idle draw is not counted)."""
+        return (gpus * span_s / 3600.0 * self.gpu_hour_usd
+                + busy_gpu_s / 3600.0 * power_w / 1000.0 * self.pue * self.usd_per_kwh)
 
     def storage_cost(self, tier: str, byte_seconds: float) -> float:
         """Capacity cost of holding KV: bytes x time x $/TB-month."""

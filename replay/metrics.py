@@ -1,9 +1,10 @@
-"""requests.parquet: one row per finished call, written as calls finish so that an interrupted
-run keeps everything that finished.
+"""requests.parquet: one row per finished call.
 
-A finished call is recorded as a tuple of what the engine, the API cache model and the trace
-measured; latencies and costs derived from those are computed per row group with polars (one
-vectorised pass, not a Python step per call).
+The engine's rows are streamed to a partial file as calls finish, so an interrupted replay
+keeps everything that finished. After the replay, ``assemble`` joins them by request_id with
+the frames made later (the simulated no-reuse baseline, the API bill), derives latencies and
+costs in one vectorised polars pass, and writes requests.parquet under a temporary name that
+is renamed at the end: no half-written file ever carries the final name.
 """
 
 from __future__ import annotations
@@ -18,93 +19,95 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engines.base import Completion, Request
-from replay.api_cache import ApiCharge
 
 FLUSH_ROWS = 8192
-RECORDED, DERIVED, SCRATCH = "recorded", "derived", "scratch"
+ENGINE, BASELINE, BILL, DERIVED = "engine", "baseline", "bill", "derived"
+BASELINE_PREFIX = "no_reuse_"
+# dictionary-encode only the repetitive columns: unique ids and floats gain nothing from it
+_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "use_dictionary": ["session_id", "workload"]}
 
 
 def _columns(tier_names: list[str]) -> list[tuple[str, pa.DataType, str]]:
-    """Every column in file order, with where it comes from: RECORDED by ``RequestsWriter.add``
-    (in this order), DERIVED per row group, or SCRATCH (recorded to derive others, not written)."""
+    """Every column in file order, with where it comes from: ENGINE (``RequestsWriter.add``, in
+    this order), BASELINE (the no-reuse simulation's engine rows, renamed), BILL (the billing
+    pass) or DERIVED (expressions over the others)."""
     f64, i64, i32, s = pa.float64(), pa.int64(), pa.int32(), pa.string()
-    r, d = RECORDED, DERIVED
+    e, b, c, d = ENGINE, BASELINE, BILL, DERIVED
     return [
-        ("request_id", s, r), ("session_id", s, r), ("turn", i32, r), ("workload", s, r),
-        ("instance", i32, r),
-        ("arrival_s", f64, r), ("start_s", f64, r), ("first_token_s", f64, r), ("finish_s", f64, r),
+        ("request_id", s, e), ("session_id", s, e), ("turn", i32, e), ("workload", s, e),
+        ("instance", i32, e),
+        ("arrival_s", f64, e), ("start_s", f64, e), ("first_token_s", f64, e), ("finish_s", f64, e),
         ("ttft_s", f64, d), ("tpot_s", f64, d), ("queue_s", f64, d),
-        ("input_tokens", i64, r), ("output_tokens", i64, r), ("reused_tokens", i64, d),
-        *[(f"reused_tokens_{name}", i64, r) for name in tier_names],
-        ("prefilled_tokens", i64, r), ("loaded_bytes", f64, r), ("load_s", f64, r),
-        ("preemptions", i32, r), ("gpu_s", f64, r), ("cost_usd", f64, d),
-        ("no_reuse_prefill_s", f64, SCRATCH), ("no_reuse_ttft_s", f64, d),
-        ("no_reuse_gpu_s", f64, r), ("no_reuse_cost_usd", f64, d),
-        ("api_cached_tokens", i64, r), ("api_cache_write_tokens", i64, r), ("api_cost_usd", f64, r),
+        ("input_tokens", i64, e), ("output_tokens", i64, e), ("reused_tokens", i64, d),
+        *[(f"reused_tokens_{name}", i64, e) for name in tier_names],
+        ("prefilled_tokens", i64, e), ("recomputed_tokens", i64, e), ("loaded_bytes", f64, e),
+        ("load_s", f64, e),
+        ("preemptions", i32, e), ("gpu_s", f64, e), ("cost_usd", f64, d),
+        ("no_reuse_arrival_s", f64, b), ("no_reuse_first_token_s", f64, b), ("no_reuse_finish_s", f64, b),
+        ("no_reuse_ttft_s", f64, d), ("no_reuse_tpot_s", f64, d),
+        ("no_reuse_prefilled_tokens", i64, b), ("no_reuse_gpu_s", f64, b), ("no_reuse_cost_usd", f64, d),
+        ("api_cached_tokens", i64, c), ("api_cache_write_tokens", i64, c), ("api_cost_usd", f64, c),
         ("api_no_reuse_cost_usd", f64, d),
-        ("reported_cached_tokens", i64, r), ("reported_cache_write_tokens", i64, r),
-        ("reported_api_cost_usd", f64, r),
+        ("reported_cached_tokens", i64, c), ("reported_cache_write_tokens", i64, c),
+        ("reported_api_cost_usd", f64, c),
     ]
 
 
 def requests_schema(tier_names: list[str]) -> pa.Schema:
-    return pa.schema([(name, t) for name, t, source in _columns(tier_names) if source != SCRATCH])
+    return pa.schema([(name, t) for name, t, _ in _columns(tier_names)])
 
 
-def _recorded_schema(tier_names: list[str]) -> pa.Schema:
-    return pa.schema([(name, t) for name, t, source in _columns(tier_names) if source != DERIVED])
+def engine_schema(tier_names: list[str]) -> pa.Schema:
+    return pa.schema([(name, t) for name, t, source in _columns(tier_names) if source == ENGINE])
 
 
-def latency_columns(tier_names: list[str]) -> dict[str, pl.Expr]:
-    """Columns every run derives from the recorded times and token counts."""
-    queue = pl.col("start_s") - pl.col("arrival_s")
+def baseline_columns(tier_names: list[str]) -> list[str]:
+    """The engine columns the baseline contributes, without their ``no_reuse_`` prefix."""
+    return [name.removeprefix(BASELINE_PREFIX) for name, _, source in _columns(tier_names)
+            if source == BASELINE]
+
+
+def _latency(prefix: str = "") -> dict[str, pl.Expr]:
+    """TTFT and TPOT of one simulation's times (``prefix``: "" or the baseline's)."""
+    col = lambda name: pl.col(prefix + name)  # noqa: E731
     decode_tokens = pl.col("output_tokens") - 1
     return {
-        "ttft_s": pl.col("first_token_s") - pl.col("arrival_s"),
-        "tpot_s": pl.when(decode_tokens > 0)
-                    .then((pl.col("finish_s") - pl.col("first_token_s")) / decode_tokens),
-        "queue_s": queue,
-        "no_reuse_ttft_s": queue + pl.col("no_reuse_prefill_s"),
+        f"{prefix}ttft_s": col("first_token_s") - col("arrival_s"),
+        f"{prefix}tpot_s": pl.when(decode_tokens > 0)
+                             .then((col("finish_s") - col("first_token_s")) / decode_tokens),
+    }
+
+
+def derived_columns(tier_names: list[str]) -> dict[str, pl.Expr]:
+    """Columns every run derives from the recorded times and token counts."""
+    return {
+        **_latency(), **_latency(BASELINE_PREFIX),
+        "queue_s": pl.col("start_s") - pl.col("arrival_s"),
         "reused_tokens": pl.sum_horizontal(*[f"reused_tokens_{name}" for name in tier_names])
                            .cast(pl.Int64),
     }
 
 
 class RequestsWriter:
-    """Buffers recorded calls and appends them to the Parquet file in row groups.
+    """Buffers the engine's finished calls and appends them to a Parquet file in row groups."""
 
-    ``cost_columns``: expressions over the recorded columns for the cost columns (the run's
-    prices); the latency columns are derived here.
-    """
-
-    def __init__(self, path: str | os.PathLike, tier_names: list[str],
-                 cost_columns: Mapping[str, pl.Expr]) -> None:
+    def __init__(self, path: str | os.PathLike, tier_names: list[str]) -> None:
         self.path = Path(path)
         self.tier_names = list(tier_names)
-        self.schema = requests_schema(self.tier_names)
-        self.raw = _recorded_schema(self.tier_names)
-        self.derived = {**latency_columns(self.tier_names), **cost_columns}
-        missing = set(self.schema.names) - set(self.raw.names) - set(self.derived)
-        if missing:
-            raise ValueError(f"requests columns with no source: {sorted(missing)}")
+        self.schema = engine_schema(self.tier_names)
         self.rows: list[tuple[Any, ...]] = []
         self.count = 0
-        # dictionary-encode only the repetitive columns: unique ids and floats gain nothing from it
-        self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd",
-                                        use_dictionary=["session_id", "workload"])
+        self._writer = pq.ParquetWriter(self.path, self.schema, **_WRITE_OPTIONS)
 
-    def add(self, request: Request, done: Completion, charge: ApiCharge,
-            reported: tuple[int | None, int | None, float | None]) -> None:
-        """Record a finished call; ``reported``: the trace's cached and cache-write tokens and
-        the bill they imply (None where the trace has no usage)."""
+    def add(self, request: Request, done: Completion) -> None:
+        """Record a finished call."""
         by_tier = done.reused_tokens_by_tier
         self.rows.append((
             request.request_id, request.session_id, request.turn, request.workload, done.instance,
             request.arrival_s, done.start_s, done.first_token_s, done.finish_s,
             request.input_tokens, request.output_tokens, *[by_tier[name] for name in self.tier_names],
-            done.prefilled_tokens, done.loaded_bytes, done.load_s, done.preemptions, done.gpu_s,
-            done.no_reuse_prefill_s, done.no_reuse_gpu_s,
-            charge.cached_tokens, charge.written_tokens, charge.cost_usd, *reported,
+            done.prefilled_tokens, done.recomputed_tokens, done.loaded_bytes, done.load_s, done.preemptions,
+            done.gpu_s,
         ))
         if len(self.rows) >= FLUSH_ROWS:
             self.flush()
@@ -113,13 +116,44 @@ class RequestsWriter:
         if not self.rows:
             return
         columns = list(zip(*self.rows, strict=True))
-        raw = pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, self.raw, strict=True)],
-                                   schema=self.raw)
-        frame = pl.from_arrow(raw).with_columns(**self.derived).select(self.schema.names)
-        self._writer.write_table(frame.to_arrow().cast(self.schema))
+        arrays = [pa.array(c, type=f.type) for c, f in zip(columns, self.schema, strict=True)]
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
         self.count += len(self.rows)
         self.rows.clear()
 
     def close(self) -> None:
         self.flush()
         self._writer.close()
+
+
+def baseline_frame(path: str | os.PathLike, tier_names: list[str]) -> pl.DataFrame:
+    """The no-reuse simulation's engine rows as the baseline columns, keyed by request_id."""
+    keep = baseline_columns(tier_names)
+    return (pl.read_parquet(path, columns=["request_id", *keep])
+            .rename({name: BASELINE_PREFIX + name for name in keep}))
+
+
+def assemble(engine_rows: str | os.PathLike, final: str | os.PathLike, tier_names: list[str],
+             baseline: pl.DataFrame | None, bill: pl.DataFrame,
+             cost_columns: Mapping[str, pl.Expr]) -> pl.DataFrame:
+    """Join the engine rows (in finish order) with the baseline (None: its columns stay null)
+    and the bill by request_id, derive the rest, and write ``final`` atomically."""
+    schema = requests_schema(tier_names)
+    types = {name: t for name, t, _ in _columns(tier_names)}
+    frame = pl.read_parquet(engine_rows)
+    if baseline is None:
+        baseline = pl.DataFrame({"request_id": frame["request_id"]}).with_columns(
+            pl.lit(None, dtype=pl.from_arrow(pa.array([], type=types[BASELINE_PREFIX + name])).dtype)
+              .alias(BASELINE_PREFIX + name) for name in baseline_columns(tier_names))
+    frame = (frame.join(baseline, on="request_id", how="left", maintain_order="left")
+                  .join(bill, on="request_id", how="left", maintain_order="left"))
+    frame = frame.with_columns(**derived_columns(tier_names)).with_columns(**cost_columns)
+    missing = set(schema.names) - set(frame.columns)
+    if missing:
+        raise ValueError(f"requests columns with no source: {sorted(missing)}")
+    table = frame.select(schema.names).to_arrow().cast(schema)
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp")
+    pq.write_table(table, tmp, **_WRITE_OPTIONS)
+    os.replace(tmp, final)
+    return pl.from_arrow(table)

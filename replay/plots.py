@@ -30,7 +30,7 @@ def _save(fig, path: Path) -> Path:
 
 def ttft_cdf(requests: pl.DataFrame, summary: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for column, label in (("ttft_s", "with reuse"), ("no_reuse_ttft_s", "no reuse (baseline)")):
+    for column, label in (("ttft_s", "with reuse"), ("no_reuse_ttft_s", "no reuse (simulated)")):
         values = np.sort(requests[column].drop_nulls().to_numpy())
         if len(values):
             ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=label)
@@ -93,21 +93,28 @@ def tiers_over_time(timeline: pl.DataFrame, summary: dict[str, Any], path: Path)
 
 def cost_breakdown(requests: pl.DataFrame, summary: dict[str, Any], gpu_hour_usd: float,
                    tp: int, path: Path) -> Path:
+    """$ per session: self-hosted busy (compute, waiting on loads, storage) and provisioned,
+    each beside its simulated no-reuse baseline where there is one, and the API bill."""
     sessions = max(summary["sessions"], 1)
-    compute = float(requests["cost_usd"].sum()) / sessions
-    loads = float(requests["load_s"].fill_null(0).sum()) * tp / 3600 * gpu_hour_usd / sessions
+    per = lambda key: (summary.get(key) or 0.0) / sessions  # noqa: E731
     storage = sum(summary.get("storage_usd_by_tier", {}).values()) / sessions
-    base_compute = summary["no_reuse_self_hosted_usd"] / sessions
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    names = ["self-hosted\nwith reuse", "self-hosted\nno reuse", "API\nwith cache", "API\nno cache"]
-    ax.bar(names[0], compute, label="GPU compute")
-    ax.bar(names[0], loads, bottom=compute, label="GPU waiting on loads")
-    ax.bar(names[0], storage, bottom=compute + loads, label="KV storage")
-    ax.bar(names[1], base_compute, color="C0")
-    ax.bar(names[2], summary["api_usd"] / sessions, color="C3", label=f"API bill ({summary.get('pricing')})")
-    ax.bar(names[3], summary["no_reuse_api_usd"] / sessions, color="C3")
+    loads = float(requests["load_s"].fill_null(0).sum()) * tp / 3600 * gpu_hour_usd / sessions
+    compute = float(requests["cost_usd"].sum()) / sessions
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    ax.bar("busy GPU-s\nwith reuse", compute, color="C0", label="GPU compute")
+    ax.bar("busy GPU-s\nwith reuse", loads, bottom=compute, color="C1", label="GPU waiting on loads")
+    ax.bar("busy GPU-s\nwith reuse", storage, bottom=compute + loads, color="C2", label="KV storage")
+    ax.bar("provisioned\nwith reuse", per("self_hosted_provisioned_usd"), color="C4",
+           label="provisioned GPUs for the span")
+    if summary.get("baseline") == "simulate":
+        ax.bar("busy GPU-s\nno reuse", per("no_reuse_self_hosted_busy_usd"), color="C0")
+        ax.bar("provisioned\nno reuse", per("no_reuse_self_hosted_provisioned_usd"), color="C4")
+    ax.bar("API\nwith cache", per("api_usd"), color="C3", label=f"API bill ({summary.get('pricing')})")
+    ax.bar("API\nno cache", per("no_reuse_api_usd"), color="C3")
     ax.set_ylabel("$ per session")
-    ax.set_title(f"Cost per session\n{title_of(summary)}", fontsize=9)
+    ax.set_title(f"Cost per session (no reuse: a simulation with prefix reuse off)\n{title_of(summary)}",
+                 fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

@@ -19,9 +19,12 @@ from replay.sweep import dotted_get, markdown, overrides_of, runs_in
 
 COLUMNS = {
     "reuse": "reuse", "ttft_p50_s": "ttft_s.p50", "ttft_p99_s": "ttft_s.p99",
-    "no_reuse_ttft_p50_s": "no_reuse_ttft_s.p50", "gpu_s": "gpu_s",
-    "self_hosted_usd_per_session": "self_hosted_usd_per_session",
-    "no_reuse_self_hosted_usd_per_session": "no_reuse_self_hosted_usd_per_session",
+    "no_reuse_ttft_p50_s": "no_reuse_ttft_s.p50", "no_reuse_ttft_p99_s": "no_reuse_ttft_s.p99",
+    "gpu_s": "gpu_s", "gpu_utilisation": "gpu_utilisation",
+    "self_hosted_provisioned_usd_per_session": "self_hosted_provisioned_usd_per_session",
+    "no_reuse_self_hosted_provisioned_usd_per_session": "no_reuse_self_hosted_provisioned_usd_per_session",
+    "self_hosted_busy_usd_per_session": "self_hosted_busy_usd_per_session",
+    "no_reuse_self_hosted_busy_usd_per_session": "no_reuse_self_hosted_busy_usd_per_session",
     "api_usd_per_session": "api_usd_per_session",
     "no_reuse_api_usd_per_session": "no_reuse_api_usd_per_session",
     "calls": "calls", "sessions": "sessions",
@@ -68,7 +71,11 @@ def comparison_plots(frame: pl.DataFrame, out: Path) -> list[Path]:
         ("reuse.png", "Reuse (share of input tokens)", [("reuse", "reuse")]),
         ("ttft.png", "TTFT (s)", [("ttft_p50_s", "p50"), ("ttft_p99_s", "p99"),
                                   ("no_reuse_ttft_p50_s", "p50 without reuse")]),
-        ("cost.png", "$ per session", [("self_hosted_usd_per_session", "self-hosted"),
+        ("cost.png", "$ per session", [
+            ("self_hosted_provisioned_usd_per_session", "self-hosted (provisioned)"),
+                                       ("self_hosted_busy_usd_per_session", "self-hosted (busy GPU-s only)"),
+                                       ("no_reuse_self_hosted_provisioned_usd_per_session",
+                                        "self-hosted without reuse (provisioned, simulated)"),
                                        ("api_usd_per_session", "API"),
                                        ("no_reuse_api_usd_per_session", "API without cache")]),
     ]
@@ -146,7 +153,8 @@ def main(dirs: tuple[Path, ...], out: Path) -> None:
     result = build(list(dirs), out)
     frame = result["table"]
     shown = frame.select("label", *[c for c in ("reuse", "ttft_p50_s", "ttft_p99_s",
-                                                "self_hosted_usd_per_session", "api_usd_per_session")])
+                                                "self_hosted_provisioned_usd_per_session",
+                                                "self_hosted_busy_usd_per_session", "api_usd_per_session")])
     click.echo(markdown(shown))
     click.echo(f"\nwrote {result['csv']}, {result['parquet']} and {result['html']}")
 

@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from engines.base import Completion, Engine, Request
 from engines.specs import ConfigError
-from traces.expand import BlockExpander, CallBlocks, children_counts
-from traces.hashing import output_blocks_after
+from traces.expand import CallExpander
 from traces.io import read_meta, scan
 
 MODES = ("open", "closed")
@@ -95,26 +94,26 @@ class ReplayResult:
     finished: int = 0
     interrupted: bool = False
     engine_stats: dict[str, Any] = field(default_factory=dict)
+    calls: pl.DataFrame | None = None  # the calls as prepared (sampled, rescaled), in arrival order
 
 
 Recorder = Callable[[dict[str, Any], Request, Completion], None]
 Sender = Callable[[dict[str, Any], Request, float], Any]
 
 
-def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
+def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | None,
            on_finish: Recorder) -> ReplayResult:
     """Replay the trace at ``path`` through ``engine``.
 
-    ``on_send(call, request, t)`` runs when a call is sent (in send order) and may return
-    anything; ``on_finish(call, request, completion)`` runs when it finishes.
+    ``on_send(call, request, t)`` (if given) runs when a call is sent, in send order;
+    ``on_finish(call, request, completion)`` runs when it finishes.
     """
     opts.check()
     meta = read_meta(path)
     calls = prepare_calls(path, opts)
     n = calls.height
-    call_blocks = CallBlocks(calls, meta.block_size)
+    expander = CallExpander(calls, meta.block_size)
     rows = calls.drop("new_block_hashes").to_dicts()
-    expander = BlockExpander(meta.block_size, children_counts(calls))
     children: dict[str, list[int]] = {}
     queue: list[tuple[float, int, int]] = []
     seq = itertools.count()
@@ -159,15 +158,11 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
             t, _, i = heapq.heappop(queue)
             r = rows[i]
             rid, inp, out = r["request_id"], r["input_tokens"], r["output_tokens"]
-            output = call_blocks.output(i)
-            blocks = expander.prompt(rid, r["parent_id"], r["kept_blocks"], call_blocks.new(i), inp, out,
-                                     output)
-            if output is None:  # its last prompt block comes from its parent: hash it now
-                output = output_blocks_after(blocks, rid, inp, out, meta.block_size)
-                expander.keep_output(rid, output)
+            blocks, output = expander.expand(i, rid, r["parent_id"], r["kept_blocks"], inp, out)
             request = Request(rid, r["session_id"], r["turn"], r["workload"], t, inp, out, blocks,
                               meta.block_size, output)
-            on_send(r, request, t)
+            if on_send is not None:
+                on_send(r, request, t)
             engine.submit(request, t)
             in_flight[r["request_id"]] = (i, request)
             result.sent += 1
@@ -177,4 +172,5 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender,
         gc.unfreeze()
         bar.close()
     result.engine_stats = engine.stats()
+    result.calls = calls
     return result

@@ -1,4 +1,11 @@
-"""summary.json and the printed table: every figure beside its no-reuse baseline."""
+"""summary.json and the printed table: every figure beside its simulated no-reuse baseline.
+
+Self-hosted money is given twice, labelled: ``busy`` counts only the GPU-seconds the calls kept
+busy; ``provisioned`` counts every GPU of the deployment (instances x tp) for the run's span
+(first send to last finish), as a bill would. The baseline is a second simulation with prefix
+reuse off (``no_reuse_*`` columns); with ``replay.baseline=off`` its figures and the savings
+are None.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +15,68 @@ from typing import Any
 
 import polars as pl
 
+from replay.cost import SelfHostedPricing, span_s
+
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
 
 def _pct(series: pl.Series) -> dict[str, float | None]:
+    series = series.drop_nulls()
     if series.len() == 0:
         return {k: None for k in PERCENTILES}
     return {k: float(series.quantile(q, "linear")) for k, q in PERCENTILES.items()}
 
 
-def _saving(with_reuse: float, baseline: float) -> float | None:
-    return None if not baseline else 1.0 - with_reuse / baseline
+def _saving(with_reuse: float | None, baseline: float | None) -> float | None:
+    return None if with_reuse is None or not baseline else 1.0 - with_reuse / baseline
 
 
-def summarize(requests: pl.DataFrame, tier_names: list[str], storage_usd: dict[str, float] | None = None,
-              **context: Any) -> dict[str, Any]:
-    """Figures of a run from its requests table (one row per finished call)."""
+def _per(value: float | None, n: float) -> float | None:
+    return None if value is None or not n else value / n
+
+
+def _self_hosted(df: pl.DataFrame, prefix: str, storage_usd: float, pricing: SelfHostedPricing,
+                 gpus: int, power_w: float) -> dict[str, float]:
+    """Busy and provisioned cost of one simulation (``prefix``: "" or "no_reuse_")."""
+    span = span_s(df[f"{prefix}arrival_s"], df[f"{prefix}finish_s"])
+    busy_gpu_s = float(df[f"{prefix}gpu_s"].sum())
+    provisioned_gpu_s = gpus * span
+    return {
+        "span_s": span,
+        "gpu_s": busy_gpu_s,
+        "provisioned_gpu_s": provisioned_gpu_s,
+        "gpu_utilisation": busy_gpu_s / provisioned_gpu_s if provisioned_gpu_s else None,
+        "busy_usd": float(df[f"{prefix}cost_usd"].sum()) + storage_usd,
+        "provisioned_usd": pricing.provisioned_cost(gpus, span, busy_gpu_s, power_w) + storage_usd,
+    }
+
+
+def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHostedPricing, gpus: int,
+              power_w: float, storage_usd: dict[str, float] | None = None,
+              no_reuse_storage_usd: dict[str, float] | None = None, **context: Any) -> dict[str, Any]:
+    """Figures of a run from its requests table (one row per finished call); ``gpus``: the
+    deployment's instances x tp; the baseline's figures where its columns are filled."""
     storage_usd = storage_usd or {}
     df = requests
     calls = df.height
     sessions = df["session_id"].n_unique()
     input_tokens = int(df["input_tokens"].sum())
     output_tokens = int(df["output_tokens"].sum())
-    reused = int(df["reused_tokens"].sum())
-    makespan = float(df["finish_s"].max() - df["arrival_s"].min()) if calls else 0.0
-    gpu_s, base_gpu_s = float(df["gpu_s"].sum()), float(df["no_reuse_gpu_s"].sum())
-    storage = float(sum(storage_usd.values()))
-    self_usd = float(df["cost_usd"].sum()) + storage
-    base_self_usd = float(df["no_reuse_cost_usd"].sum())
-    api_usd, base_api_usd = float(df["api_cost_usd"].sum()), float(df["api_no_reuse_cost_usd"].sum())
     mtok = (input_tokens + output_tokens) / 1e6
+    reused = int(df["reused_tokens"].sum())
+    has_baseline = calls > 0 and df["no_reuse_gpu_s"].null_count() == 0
+    me = _self_hosted(df, "", float(sum(storage_usd.values())), self_hosted, gpus, power_w)
+    base: dict[str, Any] = dict.fromkeys(me)
+    if has_baseline:
+        base = _self_hosted(df, "no_reuse_", float(sum((no_reuse_storage_usd or {}).values())),
+                            self_hosted, gpus, power_w)
+    api_usd, base_api_usd = float(df["api_cost_usd"].sum()), float(df["api_no_reuse_cost_usd"].sum())
     decoding = df.filter(pl.col("output_tokens") > 1)
     reported = df["reported_cached_tokens"].drop_nulls()
+    span = me["span_s"]
     summary: dict[str, Any] = {
         **context,
+        "baseline": "simulate" if has_baseline else "off",
         "calls": calls,
         "sessions": sessions,
         "input_tokens": input_tokens,
@@ -50,31 +85,47 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], storage_usd: dict[s
         "reuse_by_tier": {t: (int(df[f"reused_tokens_{t}"].sum()) / input_tokens if input_tokens else 0.0)
                           for t in tier_names},
         "prefilled_tokens": int(df["prefilled_tokens"].sum()),
-        "no_reuse_prefilled_tokens": input_tokens,
+        "recomputed_tokens": int(df["recomputed_tokens"].sum()),
+        "no_reuse_prefilled_tokens": int(df["no_reuse_prefilled_tokens"].sum()) if has_baseline else None,
         "loaded_bytes": float(df["loaded_bytes"].sum()),
         "ttft_s": _pct(df["ttft_s"]),
         "no_reuse_ttft_s": _pct(df["no_reuse_ttft_s"]),
         "tpot_s": _pct(decoding["tpot_s"]),
+        "no_reuse_tpot_s": _pct(decoding["no_reuse_tpot_s"]),
         "queue_s": _pct(df["queue_s"]),
-        "makespan_s": makespan,
-        "throughput_calls_per_s": calls / makespan if makespan > 0 else None,
-        "throughput_output_tokens_per_s": output_tokens / makespan if makespan > 0 else None,
-        "gpu_s": gpu_s,
-        "no_reuse_gpu_s": base_gpu_s,
-        "gpu_s_saving": _saving(gpu_s, base_gpu_s),
+        "span_s": span,
+        "no_reuse_span_s": base["span_s"],
+        "throughput_calls_per_s": calls / span if span > 0 else None,
+        "throughput_output_tokens_per_s": output_tokens / span if span > 0 else None,
+        "gpus": gpus,
+        "gpu_s": me["gpu_s"],
+        "no_reuse_gpu_s": base["gpu_s"],
+        "gpu_s_saving": _saving(me["gpu_s"], base["gpu_s"]),
+        "provisioned_gpu_s": me["provisioned_gpu_s"],
+        "no_reuse_provisioned_gpu_s": base["provisioned_gpu_s"],
+        "gpu_utilisation": me["gpu_utilisation"],
+        "no_reuse_gpu_utilisation": base["gpu_utilisation"],
         "storage_usd_by_tier": storage_usd,
-        "self_hosted_usd": self_usd,
-        "no_reuse_self_hosted_usd": base_self_usd,
-        "self_hosted_usd_per_session": self_usd / sessions if sessions else None,
-        "no_reuse_self_hosted_usd_per_session": base_self_usd / sessions if sessions else None,
-        "self_hosted_usd_per_mtok": self_usd / mtok if mtok else None,
-        "self_hosted_saving": _saving(self_usd, base_self_usd),
+        "self_hosted_busy_usd": me["busy_usd"],
+        "no_reuse_self_hosted_busy_usd": base["busy_usd"],
+        "self_hosted_busy_usd_per_session": _per(me["busy_usd"], sessions),
+        "no_reuse_self_hosted_busy_usd_per_session": _per(base["busy_usd"], sessions),
+        "self_hosted_busy_usd_per_mtok": _per(me["busy_usd"], mtok),
+        "no_reuse_self_hosted_busy_usd_per_mtok": _per(base["busy_usd"], mtok),
+        "self_hosted_busy_saving": _saving(me["busy_usd"], base["busy_usd"]),
+        "self_hosted_provisioned_usd": me["provisioned_usd"],
+        "no_reuse_self_hosted_provisioned_usd": base["provisioned_usd"],
+        "self_hosted_provisioned_usd_per_session": _per(me["provisioned_usd"], sessions),
+        "no_reuse_self_hosted_provisioned_usd_per_session": _per(base["provisioned_usd"], sessions),
+        "self_hosted_provisioned_usd_per_mtok": _per(me["provisioned_usd"], mtok),
+        "no_reuse_self_hosted_provisioned_usd_per_mtok": _per(base["provisioned_usd"], mtok),
+        "self_hosted_provisioned_saving": _saving(me["provisioned_usd"], base["provisioned_usd"]),
         "api_cached_tokens": int(df["api_cached_tokens"].sum()),
         "api_cache_write_tokens": int(df["api_cache_write_tokens"].sum()),
         "api_usd": api_usd,
         "no_reuse_api_usd": base_api_usd,
-        "api_usd_per_session": api_usd / sessions if sessions else None,
-        "no_reuse_api_usd_per_session": base_api_usd / sessions if sessions else None,
+        "api_usd_per_session": _per(api_usd, sessions),
+        "no_reuse_api_usd_per_session": _per(base_api_usd, sessions),
         "api_saving": _saving(api_usd, base_api_usd),
     }
     if reported.len():
@@ -105,30 +156,45 @@ def _f(v: Any, unit: str = "") -> str:
 
 
 def table(summary: dict[str, Any]) -> str:
-    """A readable table: figure, with reuse, no-reuse baseline, saving."""
+    """A readable table: figure, with reuse, simulated no-reuse baseline, saving."""
     s = summary
-    lines = [("", "with reuse", "no reuse", "saving")]
-    lines.append(("calls / sessions", f"{s['calls']:,} / {s['sessions']:,}", "", ""))
-    lines.append(("reuse (token-weighted)", _f(s["reuse"], "%"), "0.0%", ""))
+    rows: list[tuple[str, str, str, str]] = []
+
+    def line(label: str, key: str, unit: str = "", saving: str | None = None) -> None:
+        a, b = s.get(key), s.get(f"no_reuse_{key}")
+        if saving is not None:
+            save = _f(s.get(saving), "%")
+        else:
+            save = _f(1 - a / b, "%") if a is not None and b else "-"
+        rows.append((label, _f(a, unit), _f(b, unit), save))
+
+    rows.append(("calls / sessions", f"{s['calls']:,} / {s['sessions']:,}", "", ""))
+    rows.append(("reuse (token-weighted)", _f(s["reuse"], "%"), "0.0%", ""))
     for tier, share in s["reuse_by_tier"].items():
-        lines.append((f"  from {tier}", _f(share, "%"), "", ""))
-    lines.append(("prefilled tokens", _f(s["prefilled_tokens"]), _f(s["no_reuse_prefilled_tokens"]),
-                  _f(1 - s["prefilled_tokens"] / s["no_reuse_prefilled_tokens"], "%")
-                  if s["no_reuse_prefilled_tokens"] else "-"))
+        rows.append((f"  from {tier}", _f(share, "%"), "", ""))
+    line("prefilled tokens", "prefilled_tokens")
     for p in ("p50", "p90", "p99"):
         a, b = s["ttft_s"][p], s["no_reuse_ttft_s"][p]
-        saving = _f(1 - a / b, "%") if a is not None and b else "-"
-        lines.append((f"TTFT {p}", _f(a, "s"), _f(b, "s"), saving))
+        rows.append((f"TTFT {p}", _f(a, "s"), _f(b, "s"), _f(1 - a / b, "%") if a is not None and b else "-"))
     for p in ("p50", "p99"):
-        lines.append((f"TPOT {p}", _f(s["tpot_s"][p], "s"), "", ""))
-    lines.append(("throughput (output tok/s)", _f(s["throughput_output_tokens_per_s"]), "", ""))
-    lines.append(("GPU-seconds", _f(s["gpu_s"]), _f(s["no_reuse_gpu_s"]), _f(s["gpu_s_saving"], "%")))
-    lines.append(("self-hosted $ / session", _f(s["self_hosted_usd_per_session"], "$"),
-                  _f(s["no_reuse_self_hosted_usd_per_session"], "$"), _f(s["self_hosted_saving"], "%")))
-    lines.append(("self-hosted $ / M tokens", _f(s["self_hosted_usd_per_mtok"], "$"), "", ""))
-    lines.append(("API $ / session", _f(s["api_usd_per_session"], "$"),
-                  _f(s["no_reuse_api_usd_per_session"], "$"), _f(s["api_saving"], "%")))
-    lines.append(("API bill", _f(s["api_usd"], "$"), _f(s["no_reuse_api_usd"], "$"), ""))
+        a, b = s["tpot_s"][p], s["no_reuse_tpot_s"][p]
+        rows.append((f"TPOT {p}", _f(a, "s"), _f(b, "s"), ""))
+    rows.append(("throughput (output tok/s)", _f(s["throughput_output_tokens_per_s"]), "", ""))
+    line("span (first send to last finish)", "span_s", "s", saving="")
+    line("GPU-seconds (busy)", "gpu_s", saving="gpu_s_saving")
+    line(f"GPU-seconds (provisioned, {s['gpus']} GPUs)", "provisioned_gpu_s")
+    line("GPU utilisation (busy / provisioned)", "gpu_utilisation", "%", saving="")
+    line("self-hosted $ / session (provisioned)", "self_hosted_provisioned_usd_per_session", "$",
+         saving="self_hosted_provisioned_saving")
+    line("self-hosted $ / session (busy GPU-s only)", "self_hosted_busy_usd_per_session", "$",
+         saving="self_hosted_busy_saving")
+    line("self-hosted $ / M tokens (provisioned)", "self_hosted_provisioned_usd_per_mtok", "$")
+    line("self-hosted $ / M tokens (busy GPU-s only)", "self_hosted_busy_usd_per_mtok", "$")
+    line("API $ / session", "api_usd_per_session", "$", saving="api_saving")
+    line("API bill", "api_usd", "$", saving="")
+    simulated = s.get("baseline") == "simulate"
+    header = ("", "with reuse", "no reuse (simulated)" if simulated else "no reuse (off)", "saving")
+    lines = [header, *rows]
     widths = [max(len(row[i]) for row in lines) for i in range(4)]
     out = []
     for k, row in enumerate(lines):

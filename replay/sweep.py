@@ -10,8 +10,9 @@ import polars as pl
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-KEYS = ["reuse", "ttft_s.p50", "ttft_s.p99", "gpu_s", "self_hosted_usd_per_session",
-        "api_usd_per_session", "api_saving"]
+KEYS = ["reuse", "ttft_s.p50", "ttft_s.p99", "no_reuse_ttft_s.p99", "gpu_s", "gpu_utilisation",
+        "self_hosted_provisioned_usd_per_session", "self_hosted_busy_usd_per_session",
+        "self_hosted_provisioned_saving", "api_usd_per_session", "api_saving"]
 
 
 def dotted_get(summary: dict[str, Any], dotted: str) -> Any:

@@ -198,7 +198,7 @@ def test_timeline_and_storage_cost(tmp_path, coding):
     assert s["storage_usd_by_tier"]["dram"] > 0
     byte_s = s["engine_stats"]["byte_seconds_by_tier"]["dram"]
     assert s["storage_usd_by_tier"]["dram"] == pytest.approx(byte_s / 1e12 / (30.44 * 86400) * 60.0)
-    assert not math.isnan(s["self_hosted_usd"])
+    assert not math.isnan(s["self_hosted_busy_usd"]) and not math.isnan(s["self_hosted_provisioned_usd"])
     assert np.isfinite(timeline["hbm_bytes"].to_numpy()).all()
 
 

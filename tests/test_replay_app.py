@@ -117,6 +117,7 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
     (["trace=file", "trace.path=/no/such/trace.parquet"], "/no/such/trace.parquet: no such file"),
     (["model=llama9"], "Could not find 'model/llama9'"),
     (["trace.sessions=2", "replay.mode=sideways"], "replay.mode must be one of open, closed"),
+    (["trace.sessions=2", "replay.baseline=maybe"], "replay.baseline must be one of simulate, off"),
     (["trace.sessions=2", "model=llama3_1_70b", "parallel.tp=1"], "does not fit on 1 x h100_sxm"),
     (["trace.sessions=2", "trace.arrival.process=sometimes"], "arrival.process must be"),
     (["trace.sessions=2", "engine.block_size=100"], "must be a multiple of the trace's block size"),

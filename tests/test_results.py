@@ -48,7 +48,9 @@ def test_report_table_html_and_numbers(tmp_path, runs):
         assert row["reuse"] == summary["reuse"]
         assert row["ttft_p99_s"] == summary["ttft_s"]["p99"]
         assert row["api_usd_per_session"] == summary["api_usd_per_session"]
-        assert row["self_hosted_usd_per_session"] == summary["self_hosted_usd_per_session"]
+        for key in ("self_hosted_provisioned_usd_per_session", "self_hosted_busy_usd_per_session",
+                    "no_reuse_self_hosted_provisioned_usd_per_session", "gpu_utilisation"):
+            assert row[key] == summary[key], key
     page = (tmp_path / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) >= 3 + 7  # comparison plots and every run's plots, all inline

@@ -121,6 +121,7 @@ def mini_trace(tmp_path_factory):
 def test_reuse_is_real_on_a_twenty_session_trace(tmp_path, mini_trace):
     """The small model, not the tiny one: its prefill outweighs the fixed cost of a step."""
     s = run(compose_cfg(["engine=torch", "model=small", "hardware=cpu", "parallel.tp=1", "plots=false",
+                         "replay.baseline=off",
                          "engine.pool_blocks=512", "engine.cpu_blocks=256", "trace=file",
                          f"trace.path={mini_trace}"]), tmp_path)
     df = pl.read_parquet(tmp_path / "requests.parquet")
@@ -144,7 +145,8 @@ def test_calibrated_analytic_model_predicts_measured_ttft(tmp_path):
     held_out = tmp_path / "held_out.parquet"  # sessions far apart: no queueing to model
     generate(load_config("coding_agent", [*MINI, "sessions=4", "seed=11", "arrival.rate_per_s=0.0001"]),
              held_out)
-    base = ["model=small", "parallel.tp=1", "trace=file", f"trace.path={held_out}", "plots=false"]
+    base = ["model=small", "parallel.tp=1", "trace=file", f"trace.path={held_out}", "plots=false",
+            "replay.baseline=off"]
     measured = []
     for i in range(3):  # the median of three replays smooths the machine's noise
         out = tmp_path / f"torch{i}"

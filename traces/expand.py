@@ -110,6 +110,28 @@ class BlockExpander:
         return blocks
 
 
+class CallExpander:
+    """Prompt and output block lists of the calls of one table, expanded one at a time in any
+    order that puts parents first (the runner's send order; the billing pass's): memory follows
+    the sequences that children still need, not the whole trace."""
+
+    def __init__(self, calls: pl.DataFrame, block_size: int) -> None:
+        self.bs = block_size
+        self.blocks = CallBlocks(calls, block_size)
+        self.expander = BlockExpander(block_size, children_counts(calls))
+
+    def expand(self, i: int, request_id: str, parent_id: str | None, kept_blocks: int,
+               input_tokens: int, output_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row i's (prompt blocks, output blocks)."""
+        output = self.blocks.output(i)
+        blocks = self.expander.prompt(request_id, parent_id, kept_blocks, self.blocks.new(i), input_tokens,
+                                      output_tokens, output)
+        if output is None:  # its last prompt block comes from its parent: hash it now
+            output = output_blocks_after(blocks, request_id, input_tokens, output_tokens, self.bs)
+            self.expander.keep_output(request_id, output)
+        return blocks, output
+
+
 def children_counts(frame: pl.DataFrame) -> dict[str, int]:
     counts = frame.filter(pl.col("parent_id").is_not_null()).group_by("parent_id").len()
     return dict(counts.iter_rows())

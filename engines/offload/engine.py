@@ -468,15 +468,11 @@ class OffloadEngine:
         inst.cache.reserved -= seq.private_blocks
         start = seq.start_s if seq.start_s is not None else now
         first = seq.first_token_s if seq.first_token_s is not None else now
-        reused = sum(seq.reused.values())
-        no_reuse = self.roofline.prefill_s(req.input_tokens)  # the formula baseline, being replaced
-        extra_prefill = no_reuse - self.roofline.prefill_s(req.input_tokens - reused, reused)
         self._done.append(Completion(
             request_id=req.request_id, instance=inst.index, start_s=start, first_token_s=first, finish_s=now,
             reused_tokens_by_tier=seq.reused, prefilled_tokens=seq.prefilled,
             recomputed_tokens=seq.recomputed, loaded_bytes=seq.loaded_bytes, gpu_s=seq.gpu_s,
-            load_s=seq.load_s, preemptions=seq.preemptions, no_reuse_prefill_s=no_reuse,
-            no_reuse_gpu_s=seq.gpu_s + self.tp * extra_prefill,
+            load_s=seq.load_s, preemptions=seq.preemptions,
         ))
 
     # -- time -------------------------------------------------------------------------------

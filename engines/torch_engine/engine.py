@@ -281,11 +281,8 @@ class TorchEngine:
         for slot in c.private:  # what the cache did not take over goes back to the pool
             if slot not in c.handed:
                 self.pool.release(slot)
-        reused = sum(c.reused.values())
-        no_reuse = self.roofline.prefill_s(req.input_tokens)
         return Completion(
             request_id=req.request_id, instance=0, start_s=c.start_s,
             first_token_s=c.first_token_s if c.first_token_s is not None else self.clock,
             finish_s=self.clock, reused_tokens_by_tier=c.reused, prefilled_tokens=c.prefilled,
-            loaded_bytes=c.loaded_bytes, gpu_s=c.gpu_s, no_reuse_prefill_s=no_reuse,
-            no_reuse_gpu_s=c.gpu_s + no_reuse - self.roofline.prefill_s(req.input_tokens - reused, reused))
+            loaded_bytes=c.loaded_bytes, gpu_s=c.gpu_s)
