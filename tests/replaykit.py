@@ -24,3 +24,20 @@ SIMPLE = [
     "parallel.tp=1", "cache=hbm_only", "engine.concurrency=1",
     "pricing=anthropic_haiku_4_5", "pricing.api.min_tokens=1",
 ]
+
+
+SIMPLE_FLOPS = 1e12
+SIMPLE_HEAD = 256  # lm_head (vocab 256 x width 1): computed only at sampled positions; the
+# embedding (as many weights) is a lookup. The other 5e8 - 2 x 256 weights see every token.
+
+
+def simple_prefill_s(n: float, c: float = 0) -> float:
+    """SIMPLE's prefill of n tokens after c cached (compute-bound): 2 x (5e8 - 512) x n dense
+    FLOPs, 2 x 256 for the one sampled position's logits, 4 x (n c + n^2 / 2) attention."""
+    return (2 * (5e8 - 2 * SIMPLE_HEAD) * n + 2 * SIMPLE_HEAD + 4 * (n * c + n * n / 2)) / SIMPLE_FLOPS
+
+
+def simple_decode_step_s(context: float) -> float:
+    """One batch-1 decode step of SIMPLE at ``context`` (compute-bound): one token through the
+    dense weights and the lm_head, 4 x context attention."""
+    return (2 * (5e8 - 2 * SIMPLE_HEAD) + 2 * SIMPLE_HEAD + 4 * context) / SIMPLE_FLOPS

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-from replaykit import SIMPLE, compose_cfg
+from replaykit import SIMPLE, compose_cfg, simple_decode_step_s, simple_prefill_s
 from tracekit import row, write
 
 from replay.api_cache import ApiPricing, ModelPrices, ProviderPromptCache
@@ -17,17 +17,7 @@ from replay.billing import Biller
 from replay.runner import ReplayOptions, prepare_calls
 from replay.summary import table
 
-PF = 1e12  # FLOP/s of the SIMPLE machine
-
-
-def prefill(n, c=0):
-    """SIMPLE's prefill of n tokens after c cached: 2 x 5e8 x n + 4 x (n c + n^2 / 2) FLOPs."""
-    return (2 * 5e8 * n + 4 * (n * c + n * n / 2)) / PF
-
-
-def decode_step(context):
-    """One batch-1 decode step of SIMPLE: 2 x 5e8 FLOPs + 4 x context (compute-bound)."""
-    return (2 * 5e8 + 4 * context) / PF
+prefill, decode_step = simple_prefill_s, simple_decode_step_s
 
 
 def by_id(out):

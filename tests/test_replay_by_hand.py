@@ -5,23 +5,13 @@ import json
 
 import polars as pl
 import pytest
-from replaykit import SIMPLE, compose_cfg
+from replaykit import SIMPLE, compose_cfg, simple_decode_step_s, simple_prefill_s
 from tracekit import row, write
 
 from replay.api_cache import ApiPricing, ProviderPromptCache
 from replay.app import run
 
-PF = 1e12  # FLOP/s
-
-
-HEAD = 256  # lm_head (vocab 256 x width 1): computed only at the sampled position; the embedding
-# (as many weights) is a lookup. The other 5e8 - 2 x 256 weights go through every token.
-
-
-def prefill(n, c):
-    """2 x (5e8 - 512) x n dense FLOPs, 2 x 256 for the one sampled position's logits, plus
-    2 x 2 x 1 layer x width 1 x (n c + n^2 / 2) attention."""
-    return (2 * (5e8 - 2 * HEAD) * n + 2 * HEAD + 4 * (n * c + n * n / 2)) / PF
+prefill = simple_prefill_s
 
 
 @pytest.fixture
@@ -58,7 +48,7 @@ def test_three_calls_by_hand(tmp_path, trace, think_s, api_a1):
     assert by["b-0"]["ttft_s"] == pytest.approx(prefill(9, 4), rel=1e-9)
     assert by["a-1"]["ttft_s"] == pytest.approx(prefill(4, 12), rel=1e-9)
     # a-0 decodes one more token: weights 5e8 B vs 2 x 5e8 FLOPs -> compute-bound, ~1 ms
-    tpot = (2 * (5e8 - 2 * HEAD) + 2 * HEAD + 4 * 11) / PF
+    tpot = simple_decode_step_s(11)
     assert by["a-0"]["finish_s"] == pytest.approx(prefill(10, 0) + tpot, rel=1e-9)
     # closed mode: a-1 is sent think_s after a-0 finished
     assert by["a-1"]["arrival_s"] == pytest.approx(by["a-0"]["finish_s"] + think_s)
