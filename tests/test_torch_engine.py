@@ -137,6 +137,7 @@ def test_reuse_is_real_on_a_twenty_session_trace(tmp_path, mini_trace):
     high = df.filter(pl.col("reused_tokens") >= 0.9 * pl.col("input_tokens"))["ttft_s"].median()
     assert high < low / 2
     corr = np.corrcoef(df["reused_tokens"] / df["input_tokens"], np.log(df["ttft_s"]))[0, 1]
+    print(f"reuse vs log TTFT: corr {corr:.3f}; median TTFT high reuse {high:.4f} s, low {low:.4f} s")
     assert corr < -0.3
 
 
@@ -152,12 +153,12 @@ def test_calibrated_analytic_model_predicts_measured_ttft(tmp_path):
              held_out)
     base = ["model=small", "parallel.tp=1", "trace=file", f"trace.path={held_out}", "plots=false"]
     measured = []
-    for i in range(3):  # the median of three replays smooths the machine's noise
+    for i in range(3):  # the fastest of three replays, as calibration takes the fastest of its repeats
         out = tmp_path / f"torch{i}"
         out.mkdir()
         run(compose_cfg([*base, "engine=torch", "hardware=cpu", *STEADY]), out)
         measured.append(pl.read_parquet(out / "requests.parquet").select("request_id", "ttft_s"))
-    torch_ttft = pl.concat(measured).group_by("request_id").agg(pl.col("ttft_s").median())
+    torch_ttft = pl.concat(measured).group_by("request_id").agg(pl.col("ttft_s").min())
     out = tmp_path / "analytic"
     out.mkdir()
     search = f"hydra.searchpath=[file://{cal.parents[1]}]"
@@ -169,6 +170,7 @@ def test_calibrated_analytic_model_predicts_measured_ttft(tmp_path):
     errors = ((both["model"] - both["ttft_s"]) / both["ttft_s"]).abs()
     with pl.Config(tbl_rows=100):
         print(both.with_columns(error=errors).sort("ttft_s"))
+    print(f"median relative error of the calibrated model: {statistics.median(errors):.3f}")
     assert both.height >= 20 and statistics.median(errors) <= 0.10
     assert Path(cal).read_text().startswith("# Calibrated by replay-calibrate")
 
