@@ -7,21 +7,25 @@ import sys
 from typing import Any
 
 import click
-from tqdm import tqdm
 
-from traces.schema import TraceError
+from traces.errors import TraceError
 
 GENERATOR_NAMES = {"coding-agent": "coding_agent", "email-drafting": "email_drafting"}
 
 
 class TraceCommand(click.Group):
-    """Turns TraceError into one line on stderr and exit code 1."""
+    """Turns TraceError (and an OS error no command caught, which names its file) into one
+    line on stderr and exit code 1. Commands import what they need when they run, so --help
+    loads nothing heavy."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except TraceError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            click.echo(f"error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -47,6 +51,8 @@ def generate(generator: str, overrides: tuple[str, ...], sessions: int | None, s
     `subagent.probability=0.1 arrival.rate_per_s=0.5`. The same seed and knobs give a
     byte-identical file.
     """
+    from tqdm import tqdm
+
     from traces.synth import generate as run_generator
     from traces.synth import load_config
 
@@ -117,7 +123,11 @@ def validate(file: str) -> None:
 @click.option("--block-size", type=click.IntRange(min=1), help="Tokens per block (default: the "
               "format's: mooncake 512, bailian 16, others 64).")
 @click.option("--strict", is_flag=True, help="Stop at the first bad line instead of skipping it.")
-def import_(fmt: str, paths: tuple[str, ...], out: str, block_size: int | None, strict: bool) -> None:
+@click.option("--max-tokens", type=click.IntRange(min=1, max=2**31 - 1),
+              help="Largest prompt or output of one call, in tokens; a line past it is bad "
+              "(default: conf/limits.yaml, 10,000,000).")
+def import_(fmt: str, paths: tuple[str, ...], out: str, block_size: int | None, strict: bool,
+            max_tokens: int | None) -> None:
     """Import recorded calls from FORMAT files or folders into a trace.
 
     \b
@@ -130,13 +140,14 @@ def import_(fmt: str, paths: tuple[str, ...], out: str, block_size: int | None, 
     azure        AzurePublicDataset CSV (TIMESTAMP, ContextTokens, GeneratedTokens)
 
     Bad lines are skipped, counted and reported (file:line and reason); --strict stops at the
-    first. The output appears only when the import completes.
+    first. A call repeating an earlier call's id (a duplicated line) is dropped and reported, the
+    first kept. The output appears only when the import completes and passes `traces validate`.
     """
     from traces.importers import import_trace
 
     if not paths and fmt != "claude-code":
         raise click.UsageError(f"{fmt} needs at least one PATH")
-    written, problems = import_trace(fmt, list(paths), out, block_size, strict)
+    written, problems = import_trace(fmt, list(paths), out, block_size, strict, max_tokens)
     report = problems.report()
     if report:
         click.echo(report, err=True)

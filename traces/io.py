@@ -2,12 +2,16 @@
 
 The writer builds Arrow columns from plain Python lists (and numpy arrays for the hashes) one
 row group at a time, writes to ``FILE.partial`` and renames on success, so a crash or Ctrl-C
-never leaves a half-written trace under the real name.
+never leaves a half-written trace under the real name, and a failure removes the ``.partial``.
+Pages carry checksums. Readers check the metadata and the schema first; ``reading`` and
+``writing`` turn what damaged files and bad output paths raise into one TraceError line.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from traces.schema import SCHEMA, SEGMENT_TYPE, TraceError, TraceMeta
+
+# What reading a damaged or foreign file can raise, turned into one TraceError line by ``reading``.
+READ_ERRORS = (pa.ArrowException, pl.exceptions.PolarsError, OSError, OverflowError)
 
 DEFAULT_ROW_GROUP = 65_536
 
@@ -82,8 +89,12 @@ class TraceWriter:
     an exception.
     """
 
-    def __init__(self, path: str | os.PathLike, meta: TraceMeta, row_group_rows: int = DEFAULT_ROW_GROUP):
+    def __init__(self, path: str | os.PathLike, meta: TraceMeta, row_group_rows: int = DEFAULT_ROW_GROUP,
+                 check: Callable[[Path], None] | None = None):
+        """``check``: called with the complete ``.partial`` file before it is renamed; raising
+        TraceError there leaves nothing behind (importers pass the validator)."""
         self.path = Path(path)
+        self.check = check
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.meta = meta
         self.row_group_rows = row_group_rows
@@ -92,9 +103,14 @@ class TraceWriter:
         self._writer: pq.ParquetWriter | None = None
 
     def __enter__(self) -> TraceWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        schema = SCHEMA.with_metadata(self.meta.to_arrow())
-        self._writer = pq.ParquetWriter(self.partial, schema, compression="zstd")
+        if self.path.is_dir():
+            raise TraceError(f"{self.path}: is a folder; give a file name to write")
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            schema = SCHEMA.with_metadata(self.meta.to_arrow())
+            # page checksums let `traces validate` tell a damaged file from a bad trace
+            self._writer = pq.ParquetWriter(self.partial, schema, compression="zstd",
+                                            write_page_checksum=True)
         return self
 
     def add(self, new_block_hashes: np.ndarray, segments: list[tuple[str, int]], **row: Any) -> None:
@@ -118,16 +134,55 @@ class TraceWriter:
         self.buffer.clear()
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """Flush, close and rename; if anything fails (here or in the block) the ``.partial``
+        file is removed and the error goes on."""
         assert self._writer is not None
         try:
+            try:
+                if exc_type is None:
+                    with writing(self.path):
+                        self.flush()
+            finally:
+                with writing(self.path):
+                    self._writer.close()
             if exc_type is None:
-                self.flush()
+                if self.check is not None:
+                    self.check(self.partial)
+                with writing(self.path):
+                    os.replace(self.partial, self.path)
         finally:
-            self._writer.close()
-        if exc_type is None:
-            os.replace(self.partial, self.path)
-        else:
-            self.partial.unlink(missing_ok=True)
+            discard(self.partial)
+
+
+def discard(partial: Path) -> None:
+    """Remove a temporary file if it is there (its folder may not even exist)."""
+    try:
+        partial.unlink()
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OS error while writing ``path`` (read-only, under a file, disk full) into one line."""
+    try:
+        yield
+    except OSError as exc:
+        above = next((p for p in Path(path).absolute().parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise TraceError(f"{path}: cannot write ({above} is a file, not a folder)") from None
+        reason = exc.strerror or str(exc).splitlines()[0]
+        raise TraceError(f"{path}: cannot write ({exc.filename or path}: {reason})") from None
+
+
+@contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Turn what reading a damaged trace raises (bad pages, wrong types, I/O) into one line."""
+    try:
+        yield
+    except READ_ERRORS as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(f"{path}: cannot read ({first[:200]})") from None
 
 
 def write_table(path: str | os.PathLike, table: pa.Table, meta: TraceMeta) -> None:
@@ -143,7 +198,9 @@ def _open(path: str | os.PathLike) -> pq.ParquetFile:
     if os.path.isdir(path):
         raise TraceError(f"{path}: is a folder, not a trace file")
     try:
-        return pq.ParquetFile(path)
+        pf = pq.ParquetFile(path)
+        pf.schema_arrow  # noqa: B018 - a damaged footer schema fails here, not in the caller
+        return pf
     except (pa.ArrowException, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TraceError(f"{path}: not a readable Parquet file ({first})") from None
@@ -158,16 +215,38 @@ def arrow_schema(path: str | os.PathLike) -> pa.Schema:
     return _open(path).schema_arrow
 
 
+def schema_problems(path: str | os.PathLike) -> list[str]:
+    """Columns missing or of the wrong type, one line each (empty: the schema is v1's)."""
+    schema = arrow_schema(path)
+    problems = []
+    for field in SCHEMA:
+        if field.name not in schema.names:
+            problems.append(f"{path}: {field.name}: column missing")
+        elif not schema.field(field.name).type.equals(field.type):
+            problems.append(f"{path}: {field.name}: type {schema.field(field.name).type}, "
+                            f"expected {field.type}")
+    return problems
+
+
+def check_schema(path: str | os.PathLike) -> TraceMeta:
+    """The metadata, after checking that the columns are schema v1's; TraceError otherwise."""
+    meta = read_meta(path)
+    problems = schema_problems(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run traces validate)" if len(problems) > 1 else ""
+        raise TraceError(problems[0] + more)
+    return meta
+
+
 def scan(path: str | os.PathLike) -> pl.LazyFrame:
-    """A lazy polars view of a trace, after checking that it is one."""
-    read_meta(path)
+    """A lazy polars view of a trace, after checking that it is one with schema v1's columns.
+    Collect it inside ``reading(path)`` to turn damaged pages into one line."""
+    check_schema(path)
     return pl.scan_parquet(str(path))
 
 
 def read_table(path: str | os.PathLike) -> pa.Table:
     """The whole trace as an Arrow table (small traces, tests)."""
     read_meta(path)
-    try:
-        return pq.read_table(str(path))
-    except (pa.ArrowException, OSError) as exc:
-        raise TraceError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from None
+    with reading(path):
+        return pq.read_table(str(path), page_checksum_verification=True)

@@ -13,6 +13,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from traces.errors import ConfigError, TraceError
+
+__all__ = ["COLUMNS", "NULLABLE", "SCHEMA", "SCHEMA_VERSION", "SEGMENT_KINDS", "SEGMENT_TYPE",
+           "SUPPORTED_VERSIONS", "ConfigError", "TraceError", "TraceMeta"]
+
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 
@@ -53,8 +58,6 @@ SEGMENT_KINDS = frozenset(
 )
 
 
-class TraceError(Exception):
-    """A problem with a trace file that the user must fix; printed as one line, never a traceback."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class TraceMeta:
         def integer(key: str) -> int:
             try:
                 return int(metadata[key.encode()])
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise TraceError(f"{path}: {key} is not an integer") from None
 
         version = integer("schema_version")
@@ -97,4 +100,6 @@ class TraceMeta:
             source = json.loads(metadata[b"source"])
         except ValueError:
             raise TraceError(f"{path}: source metadata is not JSON") from None
+        if not isinstance(source, dict):
+            raise TraceError(f"{path}: source metadata is JSON {type(source).__name__}, not an object")
         return cls(block_size=block_size, source=source, schema_version=version)

@@ -7,7 +7,7 @@ from typing import Any
 
 import polars as pl
 
-from traces.io import read_meta, scan
+from traces.io import check_schema, reading, scan
 
 
 def ideal_reuse_frame(lf: pl.LazyFrame, block_size: int) -> pl.LazyFrame:
@@ -61,9 +61,15 @@ def _quantiles(col: str, qs: dict[str, float], frame: pl.DataFrame) -> dict[str,
 
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
-    """Summary figures of a trace; keys are snake_case names with units where they have one."""
-    meta = read_meta(path)
-    lf = scan(path)
+    """Summary figures of a trace; keys are snake_case names with units where they have one.
+    The schema is checked first and damaged pages are one TraceError line."""
+    meta = check_schema(path)
+    with reading(path):
+        return _figures(path, meta.block_size, meta.source, scan(path))
+
+
+def _figures(path: str | os.PathLike, block_size: int, source: dict[str, Any],
+             lf: pl.LazyFrame) -> dict[str, Any]:
     df = lf.select(
         "session_id", "request_id", "parent_id", "workload", "think_s",
         pl.col("input_tokens", "output_tokens").cast(pl.Int64), "kept_blocks",
@@ -76,7 +82,7 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
         .join(parents, on="parent_id")
         .select(growth=pl.col("input_tokens") - pl.col("parent_input"))
     )
-    reuse = ideal_reuse_frame(lf, meta.block_size).collect()
+    reuse = ideal_reuse_frame(lf, block_size).collect()
     by_workload = reuse.group_by("workload").agg(
         pl.col("reused_tokens").sum() / pl.col("input_tokens").sum()
     ).sort("workload")
@@ -84,8 +90,8 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
     p = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
     return {
         "file": str(path),
-        "block_size": meta.block_size,
-        "source": meta.source.get("generator") or meta.source.get("importer"),
+        "block_size": block_size,
+        "source": source.get("generator") or source.get("importer"),
         "requests": df.height,
         "sessions": per_session.height,
         "calls_per_session": {**_quantiles("len", {"p50": 0.5, "p90": 0.9}, per_session),

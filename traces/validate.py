@@ -10,28 +10,29 @@ from __future__ import annotations
 import os
 
 import polars as pl
+import pyarrow.parquet as pq
 
-from traces.io import arrow_schema, read_meta
-from traces.schema import SCHEMA, SEGMENT_KINDS
+from traces.io import read_meta, reading, schema_problems
+from traces.schema import SEGMENT_KINDS
 
 
 def validate(path: str | os.PathLike) -> list[str]:
-    """All problems of the trace at ``path``; an empty list means it is valid."""
+    """All problems of the trace at ``path``; an empty list means it is valid. Page checksums
+    are verified (files written by this project carry them), so damaged pages are a TraceError."""
     path = str(path)
     meta = read_meta(path)
-    schema = arrow_schema(path)
-    problems = []
-    for field in SCHEMA:
-        if field.name not in schema.names:
-            problems.append(f"{path}: {field.name}: column missing")
-        elif not schema.field(field.name).type.equals(field.type):
-            problems.append(f"{path}: {field.name}: type {schema.field(field.name).type}, "
-                            f"expected {field.type}")
+    problems = schema_problems(path)
     if problems:
         return problems
-    df = pl.read_parquet(path).with_row_index("row")
-    return [f"{path}: row {row} (request_id {rid}): {column}: {reason}"
-            for row, rid, column, reason in _row_problems(df, meta.block_size)]
+    with reading(path):
+        df = pl.from_arrow(pq.read_table(path, page_checksum_verification=True))
+        return [f"{path}: row {row} (request_id {rid}): {column}: {reason}"
+                for row, rid, column, reason in _row_problems(df.with_row_index("row"), meta.block_size)]
+
+
+def _show(column: str) -> pl.Expr:
+    """A column as text for a reason, null shown as 'null' (a null would blank the whole reason)."""
+    return pl.col(column).cast(pl.String).fill_null("null")
 
 
 def _row_problems(df: pl.DataFrame, block_size: int) -> list[tuple[int, str, str, str]]:
@@ -45,6 +46,9 @@ def _row_problems(df: pl.DataFrame, block_size: int) -> list[tuple[int, str, str
     df = df.join(parents, on="parent_id", how="left", maintain_order="left")
     df = df.with_columns(
         n_new=pl.col("new_block_hashes").list.len(),
+        # chained hashes name distinct prefixes, so one prompt never holds a hash twice; a run
+        # of zeros or other garbage written over the hash data shows up as repeats
+        hash_repeats=pl.col("new_block_hashes").list.n_unique() < pl.col("new_block_hashes").list.len(),
         seg_sum=pl.col("segments").list.eval(pl.element().struct.field("tokens")).list.sum(),
         seg_negative=pl.col("segments").list.eval(
             pl.element().struct.field("tokens") < 0).list.any(),
@@ -64,7 +68,7 @@ def _row_problems(df: pl.DataFrame, block_size: int) -> list[tuple[int, str, str
         ("session_id", pl.col("session_id").is_null(), pl.lit("is null")),
         ("turn", pl.col("turn").is_null() | (pl.col("turn") < 0) |
          (pl.col("turn") >= pl.col("n_in_session")),
-         pl.format("turn {} outside 0..{} (the session has {} calls)", pl.col("turn"),
+         pl.format("turn {} outside 0..{} (the session has {} calls)", _show("turn"),
                    pl.col("n_in_session") - 1, pl.col("n_in_session"))),
         ("turn", pl.col("dup_turn"), pl.format("turn {} appears twice in the session", pl.col("turn"))),
         ("parent_id", pl.col("parent_id").is_not_null() & pl.col("parent_session").is_null(),
@@ -76,17 +80,18 @@ def _row_problems(df: pl.DataFrame, block_size: int) -> list[tuple[int, str, str
          pl.format("parent {} is not an earlier call (turn {} >= {})", pl.col("parent_id"),
                    pl.col("parent_turn"), pl.col("turn"))),
         ("input_tokens", pl.col("input_tokens").is_null() | (pl.col("input_tokens") < 1),
-         pl.format("{} < 1", pl.col("input_tokens"))),
+         pl.format("{} < 1", _show("input_tokens"))),
         ("output_tokens", pl.col("output_tokens").is_null() | (pl.col("output_tokens") < 0),
-         pl.format("{} < 0", pl.col("output_tokens"))),
+         pl.format("{} < 0", _show("output_tokens"))),
         ("think_s", pl.col("think_s").is_null() | pl.col("think_s").is_nan() | (pl.col("think_s") < 0),
-         pl.format("{} is not a duration >= 0", pl.col("think_s"))),
-        ("arrival_s", pl.col("arrival_s").is_null() | pl.col("arrival_s").is_nan(),
-         pl.lit("is not a number")),
+         pl.format("{} is not a duration >= 0", _show("think_s"))),
+        ("think_s", pl.col("think_s").is_infinite(), pl.lit("is infinite")),
+        ("arrival_s", pl.col("arrival_s").is_null() | pl.col("arrival_s").is_nan()
+         | pl.col("arrival_s").is_infinite(), pl.format("{} is not a finite number", _show("arrival_s"))),
         ("arrival_s", pl.col("prev_arrival").is_not_null() & (pl.col("arrival_s") < pl.col("prev_arrival")),
          pl.format("{} is before the previous turn's {}", pl.col("arrival_s"), pl.col("prev_arrival"))),
         ("kept_blocks", pl.col("kept_blocks").is_null() | (pl.col("kept_blocks") < 0),
-         pl.format("{} < 0", pl.col("kept_blocks"))),
+         pl.format("{} < 0", _show("kept_blocks"))),
         ("kept_blocks", pl.col("parent_id").is_null() & (pl.col("kept_blocks") > 0),
          pl.format("{} but the call has no parent", pl.col("kept_blocks"))),
         ("kept_blocks", pl.col("parent_blocks").is_not_null() &
@@ -96,6 +101,14 @@ def _row_problems(df: pl.DataFrame, block_size: int) -> list[tuple[int, str, str
         ("new_block_hashes", (pl.col("kept_blocks") + pl.col("n_new")) != pl.col("input_tokens") // bs,
          pl.format("kept_blocks {} + {} new hashes != input_tokens {} // block_size {}",
                    pl.col("kept_blocks"), pl.col("n_new"), pl.col("input_tokens"), pl.lit(bs))),
+        ("new_block_hashes", pl.col("hash_repeats"),
+         pl.lit("a hash appears twice in one prompt (chained hashes cannot repeat: damaged hash data)")),
+        ("reported_cached_tokens", pl.col("reported_cached_tokens") < 0,
+         pl.format("{} < 0", pl.col("reported_cached_tokens"))),
+        ("reported_cache_write_tokens", pl.col("reported_cache_write_tokens") < 0,
+         pl.format("{} < 0", pl.col("reported_cache_write_tokens"))),
+        ("cache_ttl_s", pl.col("cache_ttl_s").is_nan() | pl.col("cache_ttl_s").is_infinite()
+         | (pl.col("cache_ttl_s") <= 0), pl.format("{} is not a duration > 0", pl.col("cache_ttl_s"))),
         ("segments", pl.col("seg_negative").fill_null(False), pl.lit("a segment has negative tokens")),
         ("segments", pl.col("seg_bad_kind").fill_null(False),
          pl.lit(f"unknown segment kind (known: {', '.join(sorted(SEGMENT_KINDS))})")),

@@ -4,8 +4,9 @@ Admission is FCFS and reserves a call's whole KV (prompt and output) up front, s
 ever preempted. A call's cached prefix (found through the shared block cache by chained hash)
 is loaded into the pool if it sits in the CPU or disk tier; only the tokens after it are
 prefilled, in chunks; then it decodes exactly output_tokens tokens greedily, batched with the
-other running calls. Every step is timed (CUDA events on a GPU, a synchronised clock on the
-CPU) and the measured time drives the replay's virtual clock, so think time costs no wall time.
+other running calls. Every step is timed (CUDA events on a GPU; on the CPU the wall clock, or with
+``clock="cpu"`` the process's CPU time, which other processes on a shared machine barely move)
+and the measured time drives the replay's virtual clock, so think time costs no wall time.
 Token ids come from the hashes: a block's ids are drawn from a generator seeded by its hash (a
 prompt's partial last block from its request id), so equal prefixes are equal tokens.
 """
@@ -49,18 +50,24 @@ def prompt_tokens(blocks: np.ndarray, request_id: str, input_tokens: int, block_
     return ids[start % block_size:] if parts else ids
 
 
-class Timer:
-    """Wall time of a piece of work: CUDA events on a GPU, a synchronised clock on the CPU."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
-    def __init__(self, device: str) -> None:
+
+class Timer:
+    """Time of a piece of work: CUDA events on a GPU; on the CPU the wall clock or the process's
+    CPU time (``clock="cpu"``: counts only this process's work, so a busy machine does not inflate
+    it; with torch on one thread it equals the wall time of an idle machine)."""
+
+    def __init__(self, device: str, clock: str = "wall") -> None:
         self.cuda = device.startswith("cuda")
+        self.now = CLOCKS[clock]
 
     def __enter__(self) -> Timer:
         if self.cuda:
             self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             self.start.record()
         else:
-            self.t0 = time.perf_counter()
+            self.t0 = self.now()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -69,7 +76,7 @@ class Timer:
             torch.cuda.synchronize()
             self.seconds = self.start.elapsed_time(self.end) / 1000.0
         else:
-            self.seconds = time.perf_counter() - self.t0
+            self.seconds = self.now() - self.t0
 
 
 @dataclass(eq=False)
@@ -100,9 +107,11 @@ class TorchEngine:
                  pool_blocks: int = 2048, cpu_blocks: int = 0, disk_blocks: int = 0,
                  max_batched_tokens: int = 2048, max_running: int = 16, checkpoint: str | None = None,
                  seed: int = 0, device: str = "auto", cache_output_blocks: bool = True,
-                 disk_dir: str | None = None, threads: int | None = None) -> None:
+                 disk_dir: str | None = None, threads: int | None = None, clock: str = "wall") -> None:
         if int(instances) != 1:
             raise ConfigError("the torch engine runs one instance (instances=1)")
+        if clock not in CLOCKS:
+            raise ConfigError(f"engine.clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         if threads:
@@ -127,7 +136,7 @@ class TorchEngine:
         self.max_running = int(max_running)
         self.cache_output_blocks = bool(cache_output_blocks)
         self.roofline = Roofline(ModelSpec.from_cfg(model), HardwareSpec.from_cfg(hardware), int(tp))
-        self.timer = lambda: Timer(self.device)  # noqa: E731
+        self.timer = lambda: Timer(self.device, clock)  # noqa: E731
         self._warm_up()
         self.waiting: deque[Call] = deque()
         self.running: list[Call] = []

@@ -16,11 +16,12 @@ FORMATS: dict[str, ModuleType] = {
 
 
 def import_trace(fmt: str, paths: list[str], out: str | os.PathLike, block_size: int | None = None,
-                 strict: bool = False) -> tuple[int, Problems]:
-    """Parse ``paths`` in format ``fmt`` and write the trace ``out``; returns (calls, problems)."""
+                 strict: bool = False, max_tokens: int | None = None) -> tuple[int, Problems]:
+    """Parse ``paths`` in format ``fmt`` and write the trace ``out``; returns (calls, problems).
+    ``max_tokens``: the bound on one call's tokens (default: conf/limits.yaml)."""
     module = FORMATS[fmt]
     bs = int(block_size or module.DEFAULT_BLOCK_SIZE)
-    problems = Problems(strict=strict)
+    problems = Problems(strict=strict, **({"max_tokens": max_tokens} if max_tokens else {}))
     calls = module.parse(list(paths), bs, problems)
     source = {"importer": fmt, "inputs": [str(p) for p in paths], "block_size": bs}
     if getattr(module, "NOTE", None):

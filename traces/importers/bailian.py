@@ -3,7 +3,8 @@ chat_id, parent_chat_id (-1 for a root), timestamp (s), input_length, output_len
 hash_ids (salted SipHash of 16-token blocks, remapped to integers).
 
 The ids hash single blocks, not prefixes, so they are chained here (equal prefix of ids = equal
-hash). Sessions are rebuilt from the parent chains: a call belongs to its root's session.
+hash). Sessions are rebuilt from the parent chains: a call belongs to its root's session. A
+chat_id seen before (a duplicated line) is skipped and reported; the first line is kept.
 """
 
 from __future__ import annotations
@@ -19,17 +20,21 @@ WORKLOAD = "bailian"
 
 def parse(paths: list[str], block_size: int, problems: Problems) -> list[Call]:
     rows = []
+    first_line: dict[str, str] = {}
     for path in expand_paths(paths):
         for number, obj in read_jsonl(path, problems):
             try:
                 chat = need(obj, "chat_id", (int, str))
+                if str(chat) in first_line:
+                    raise Skip(f"chat_id {chat} repeats {first_line[str(chat)]}; the first is kept")
                 parent = need(obj, "parent_chat_id", (int, str))
                 ts = need(obj, "timestamp", (int, float), 0)
-                n_in = need(obj, "input_length", int, 1)
-                n_out = need(obj, "output_length", int, 0)
+                n_in = problems.tokens(obj, "input_length", 1)
+                n_out = problems.tokens(obj, "output_length", 0)
                 ids = need_ids(obj, "hash_ids")
                 if len(ids) < n_in // block_size:
                     raise Skip(f"hash_ids has {len(ids)} ids, input_length needs {n_in // block_size}")
+                first_line[str(chat)] = f"{path.name}:{number}"
                 rows.append((str(chat), None if str(parent) == "-1" else str(parent), ts, n_in, n_out,
                              ids[: n_in // block_size], str(obj.get("type", "text"))))
             except Skip as exc:

@@ -19,7 +19,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from traces.importers.common import Call, Problems, Skip, expand_paths, need, read_jsonl
+from traces.importers.common import (
+    Call,
+    Problems,
+    Skip,
+    expand_paths,
+    need,
+    optional,
+    optional_text,
+    read_jsonl,
+)
 from traces.importers.rebuild import rebuild_chain
 from traces.schema import TraceError
 
@@ -45,23 +54,28 @@ def _seconds(stamp: Any) -> float:
         raise Skip("field 'timestamp' missing or not a string")
     try:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         raise Skip(f"timestamp {stamp!r:.40} is not ISO 8601") from None
 
 
-def _usage_call(message: dict[str, Any], request_id: Any) -> dict[str, Any]:
+def _usage_call(message: dict[str, Any], request_id: Any, problems: Problems) -> dict[str, Any]:
     usage = need(message, "usage", dict)
-    counts = {k: need(usage, k, int, 0) for k in ("input_tokens", "output_tokens")}
+    counts = {k: problems.tokens(usage, k, 0) for k in ("input_tokens", "output_tokens")}
     for k in ("cache_creation_input_tokens", "cache_read_input_tokens"):
-        counts[k] = need(usage, k, int, 0) if k in usage else 0
+        counts[k] = problems.tokens(usage, k, 0) if k in usage else 0
+    problems.check_tokens("the prompt (input + cache creation + cache read tokens)",
+                          counts["input_tokens"] + counts["cache_creation_input_tokens"]
+                          + counts["cache_read_input_tokens"])
     breakdown = usage.get("cache_creation") or {}
+    if not isinstance(breakdown, dict):
+        raise Skip("field 'cache_creation' is not an object")
     ttl = None
-    if (breakdown.get("ephemeral_1h_input_tokens") or 0) > 0:
+    if (optional(breakdown, "ephemeral_1h_input_tokens", int, 0) or 0) > 0:
         ttl = 3600.0
-    elif (breakdown.get("ephemeral_5m_input_tokens") or 0) > 0:
+    elif (optional(breakdown, "ephemeral_5m_input_tokens", int, 0) or 0) > 0:
         ttl = 300.0
     return {"id": (str(need(message, "id", str)), str(request_id)), "counts": counts, "ttl": ttl,
-            "model": message.get("model")}
+            "model": optional_text(message, "model")}
 
 
 def parse(paths: list[str], block_size: int, problems: Problems) -> list[Call]:
@@ -111,7 +125,7 @@ def _line(line: dict[str, Any], file_agent: str | None, calls: dict, compactions
     if kind == "progress" and isinstance(line.get("data"), dict) \
             and line["data"].get("type") == "agent_progress":
         inner = line["data"].get("message") or {}
-        if inner.get("type") != "assistant":
+        if not isinstance(inner, dict) or inner.get("type") != "assistant":
             return
         agent = f"agent-{line['data'].get('agentId', 'unknown')}"
         stamp = inner.get("timestamp", line.get("timestamp"))
@@ -132,7 +146,7 @@ def _line(line: dict[str, Any], file_agent: str | None, calls: dict, compactions
     session = line.get("sessionId")
     if not isinstance(session, str):
         raise Skip("field 'sessionId' missing")
-    call = _usage_call(message, request_id)
+    call = _usage_call(message, request_id, problems)
     t = _seconds(stamp)
     key = call["id"]
     total = sum(call["counts"].values())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from traces.importers.claude_code import _seconds
-from traces.importers.common import Call, Problems, Skip, expand_paths, need, read_jsonl
+from traces.importers.common import Call, Problems, Skip, expand_paths, optional_text, read_jsonl
 from traces.importers.rebuild import rebuild_chain
 
 DEFAULT_BLOCK_SIZE = 64
@@ -19,10 +19,10 @@ WORKLOAD = "codex"
 FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens")
 
 
-def _usage(obj: Any, what: str) -> dict[str, int]:
+def _usage(obj: Any, what: str, problems: Problems) -> dict[str, int]:
     if not isinstance(obj, dict):
         raise Skip(f"field '{what}' missing or not an object")
-    return {k: need(obj, k, int, 0) if k in obj or k != "cached_input_tokens" else 0 for k in FIELDS}
+    return {k: problems.tokens(obj, k, 0) if k in obj or k != "cached_input_tokens" else 0 for k in FIELDS}
 
 
 def parse(paths: list[str], block_size: int, problems: Problems) -> list[Call]:
@@ -38,7 +38,7 @@ def parse(paths: list[str], block_size: int, problems: Problems) -> list[Call]:
                 if line.get("type") == "session_meta" and isinstance(payload, dict) and payload.get("id"):
                     session = str(payload["id"])
                 if line.get("type") == "turn_context" and isinstance(payload, dict):
-                    model = payload.get("model", model)
+                    model = optional_text(payload, "model") or model
                 if line.get("type") != "event_msg" or not isinstance(payload, dict) \
                         or payload.get("type") != "token_count":
                     continue
@@ -48,12 +48,12 @@ def parse(paths: list[str], block_size: int, problems: Problems) -> list[Call]:
                     continue
                 if not isinstance(info, dict):
                     raise Skip("field 'info' is not an object")
-                total = _usage(info.get("total_token_usage"), "total_token_usage")
+                total = _usage(info.get("total_token_usage"), "total_token_usage", problems)
                 if total == previous_total:
                     problems.note("repeated token_count events")
                     continue
                 if info.get("last_token_usage") is not None:
-                    last = _usage(info["last_token_usage"], "last_token_usage")
+                    last = _usage(info["last_token_usage"], "last_token_usage", problems)
                 elif previous_total is not None:
                     last = {k: total[k] - previous_total[k] for k in FIELDS}
                 else:
@@ -61,9 +61,11 @@ def parse(paths: list[str], block_size: int, problems: Problems) -> list[Call]:
                 previous_total = total
                 if last["input_tokens"] < 1:
                     raise Skip("a call with no input tokens")
+                if last["output_tokens"] < 0:
+                    raise Skip("a call with negative output tokens (the running total went down)")
                 chain.append(Call(session, f"{session}:{number}", _seconds(line.get("timestamp")),
                                   last["input_tokens"], last["output_tokens"], blocks=None,
-                                  model=info.get("model", model),
+                                  model=optional_text(info, "model") or model,
                                   reported_cached_tokens=last["cached_input_tokens"]))
             except Skip as exc:
                 problems.add(str(path), number, str(exc))

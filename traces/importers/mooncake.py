@@ -42,16 +42,17 @@ def parse(paths: list[str], block_size: int, problems: Problems) -> list[Call]:
     for path in expand_paths(paths):
         for number, obj in read_jsonl(path, problems):
             try:
-                calls.append(_call(obj, path, number, block_size, last_in_session))
+                calls.append(_call(obj, path, number, block_size, last_in_session, problems))
             except Skip as exc:
                 problems.add(str(path), number, str(exc))
     return calls
 
 
-def _call(obj: dict, path: Path, number: int, bs: int, last_in_session: dict[str, str]) -> Call:
+def _call(obj: dict, path: Path, number: int, bs: int, last_in_session: dict[str, str],
+          problems: Problems) -> Call:
     ts = need(obj, "timestamp", (int, float), 0)
-    n_in = need(obj, "input_length", int, 1)
-    n_out = need(obj, "output_length", int, 0)
+    n_in = problems.tokens(obj, "input_length", 1)
+    n_out = problems.tokens(obj, "output_length", 0)
     blocks = ids_to_blocks(need_ids(obj, "hash_ids"), n_in // bs)
     request_id = f"{path.stem}:{number}"
     session = obj.get("session_id")

@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from traces.io import TraceWriter
 from traces.schema import TraceError, TraceMeta
 from traces.synth import coding_agent, email_drafting
+from traces.synth.checks import check_config
 
 GENERATORS: dict[str, Callable[..., None]] = {
     "coding_agent": coding_agent.generate,
@@ -83,8 +84,10 @@ def _same_kind(old: Any, new: Any) -> bool:
 
 
 def generate(cfg: Mapping[str, Any], out: str | Path, progress=None) -> int:
-    """Write a synthetic trace; returns the number of requests written."""
+    """Write a synthetic trace; returns the number of requests written. Knobs out of range are
+    a ConfigError naming the key (``checks.check_config``)."""
     cfg_dict = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    check_config(cfg_dict)
     meta = TraceMeta(block_size=int(cfg_dict["block_size"]),
                      source={"generator": cfg_dict["generator"], "config": cfg_dict})
     try:
