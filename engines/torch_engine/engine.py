@@ -13,6 +13,7 @@ prompt's partial last block from its request id), so equal prefixes are equal to
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections import deque
@@ -56,13 +57,17 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 class Timer:
     """Time of a piece of work: CUDA events on a GPU; on the CPU the wall clock or the process's
     CPU time (``clock="cpu"``: counts only this process's work, so a busy machine does not inflate
-    it; with torch on one thread it equals the wall time of an idle machine)."""
+    it; with torch on one thread it equals the wall time of an idle machine). The garbage
+    collector waits while a step is timed: a collection of objects the step did not make (a
+    long-lived process holds many) is not the model's time."""
 
     def __init__(self, device: str, clock: str = "wall") -> None:
         self.cuda = device.startswith("cuda")
         self.now = CLOCKS[clock]
 
     def __enter__(self) -> Timer:
+        self.gc_was_on = gc.isenabled()
+        gc.disable()
         if self.cuda:
             self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             self.start.record()
@@ -77,6 +82,8 @@ class Timer:
             self.seconds = self.start.elapsed_time(self.end) / 1000.0
         else:
             self.seconds = self.now() - self.t0
+        if self.gc_was_on:
+            gc.enable()
 
 
 @dataclass(eq=False)
