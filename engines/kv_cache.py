@@ -80,7 +80,6 @@ class Acquired:
 
     leaf: Node
     hits: list[int]
-    matched: int
     prompt: np.ndarray  # the block list acquired
     committed: int = 0
     private: int = 0
@@ -234,7 +233,7 @@ class BlockCache:
         if not self.reuse:
             self.uncommitted += len(hashes)
             self._evict_all()
-            return Acquired(self.tree.root, [0] * self.n_tiers, 0, hashes, 0, len(hashes))
+            return Acquired(self.tree.root, [0] * self.n_tiers, hashes, 0, len(hashes))
         path, matched, k = self.tree.match(hashes)
         limit = matched if reusable is None else min(matched, reusable)
         if limit < matched:  # cut the path at the limit
@@ -263,7 +262,7 @@ class BlockCache:
         private = len(hashes) - limit
         self.uncommitted += private
         self._evict_all()
-        return Acquired(leaf=leaf, hits=hits, matched=limit, prompt=hashes, committed=limit,
+        return Acquired(leaf=leaf, hits=hits, prompt=hashes, committed=limit,
                         private=private, waits=tuple(sorted(waits)))
 
     def commit(self, acquired: Acquired, upto: int, now: float) -> None:
