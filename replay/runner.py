@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from engines.base import Completion, Engine, Request
 from engines.specs import ConfigError
+from traces.errors import TraceError
 from traces.expand import CallExpander
 from traces.io import read_meta, scan
 
@@ -88,6 +89,23 @@ def prepare_calls(path: str, opts: ReplayOptions) -> pl.DataFrame:
     return calls
 
 
+def check_links(path: str, calls: pl.DataFrame) -> None:
+    """Every request id once, every parent in the trace: a broken link would silently drop the
+    calls after it (closed mode) or fail mid-replay."""
+    def fail(bad: pl.DataFrame, reason: str) -> None:
+        r = bad.row(0, named=True)
+        raise TraceError(f"{path}: row {r['row']} (request_id {r['request_id']}): {reason.format(**r)}"
+                         + (f" (and {bad.height - 1} more)" if bad.height > 1 else ""))
+
+    dup = calls.filter(pl.col("request_id").is_duplicated())
+    if dup.height:
+        fail(dup, "request_id: appears more than once")
+    orphans = calls.filter(pl.col("parent_id").is_not_null()
+                           & ~pl.col("parent_id").is_in(calls["request_id"].implode()))
+    if orphans.height:
+        fail(orphans, "parent_id: {parent_id!r} is not a request of the trace")
+
+
 @dataclass
 class ReplayResult:
     sent: int = 0
@@ -111,6 +129,7 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     opts.check()
     meta = read_meta(path)
     calls = prepare_calls(path, opts)
+    check_links(path, calls)
     n = calls.height
     expander = CallExpander(calls, meta.block_size)
     rows = calls.drop("new_block_hashes").to_dicts()

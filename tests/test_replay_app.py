@@ -168,3 +168,15 @@ def test_same_config_and_seed_give_byte_identical_outputs(tmp_path, coding_trace
     assert outputs[0] == outputs[1]
     calls = pl.read_parquet(coding_trace).height
     assert pl.read_parquet(tmp_path / "one" / "requests.parquet").height == calls
+
+
+def test_a_broken_parent_link_is_one_line_not_lost_calls(tmp_path):
+    # a-1 continues a-0, which is not in the trace: closed mode used to drop it and every call
+    # after it silently (132 of 375 calls in the case)
+    from tracekit import row, write
+
+    path = write(tmp_path / "t.parquet", [row("a", 0, 12, [1, 2, 3]),
+                                          row("a", 2, 16, [4], parent="a-1", kept=3)])
+    result = replay_cli("trace=file", f"trace.path={path}", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "row 1 (request_id a-2): parent_id: 'a-1' is not a request of the trace" in result.stderr
