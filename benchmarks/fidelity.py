@@ -108,19 +108,19 @@ def trtllm_bench_settings(model: ModelSpec, hbm_bytes: float, tp: int, isl: int,
     max_requests = max(available * 0.95 / kv_per_token / (isl + osl), 1.0)
     raw_bs = min(max_requests, 4096)
     raw_tokens = min(raw_bs * (1 + isl / osl), 32768)
-    if raw_bs < 256:
-        bs = max(64, 32 * math.ceil(raw_bs / 32))
-    elif raw_bs < 1024:
-        bs = 128 * math.ceil(raw_bs / 128)
-    else:
-        bs = 256 * math.ceil(raw_bs / 256)
-    if raw_tokens < 4096:
-        tokens = max(2048, 256 * math.ceil(raw_tokens / 256))
-    elif raw_tokens < 8192:
-        tokens = 512 * math.ceil(raw_tokens / 512)
-    else:
-        tokens = 1024 * math.ceil(raw_tokens / 1024)
+    bs = _round_up(raw_bs, ((256, 32), (1024, 128), (math.inf, 256)), floor=64)
+    tokens = _round_up(raw_tokens, ((4096, 256), (8192, 512), (math.inf, 1024)), floor=2048)
     return bs, tokens
+
+
+def _round_up(value: float, ladder: tuple[tuple[float, int], ...], floor: int) -> int:
+    """trtllm-bench's rounding: up to a multiple of the step of the first rung ``value`` is
+    below, and at least ``floor`` (the floor applies on the first rung only, as there)."""
+    for i, (below, step) in enumerate(ladder):
+        if value < below:
+            rounded = step * math.ceil(value / step)
+            return max(floor, rounded) if i == 0 else rounded
+    raise ValueError(value)
 
 
 def build(row: Row, hardware_changes: Mapping[str, Any] | None = None) -> tuple[OffloadEngine, str]:

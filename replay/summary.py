@@ -51,6 +51,19 @@ def _self_hosted(df: pl.DataFrame, prefix: str, storage_usd: float, pricing: Sel
     }
 
 
+def _cost_figures(kind: str, me: dict[str, Any], base: dict[str, Any], sessions: int,
+                 mtok: float) -> dict[str, float | None]:
+    """One self-hosted cost (``busy`` or ``provisioned``) in total, per session and per million
+    tokens, beside the no-reuse baseline's, and the saving."""
+    ours, theirs = me[f"{kind}_usd"], base[f"{kind}_usd"]
+    figures = {}
+    for suffix, divisor in (("", 1), ("_per_session", sessions), ("_per_mtok", mtok)):
+        figures[f"self_hosted_{kind}_usd{suffix}"] = _per(ours, divisor)
+        figures[f"no_reuse_self_hosted_{kind}_usd{suffix}"] = _per(theirs, divisor)
+    figures[f"self_hosted_{kind}_saving"] = _saving(ours, theirs)
+    return figures
+
+
 def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHostedPricing, gpus: int,
               power_w: float, storage_usd: dict[str, float] | None = None,
               no_reuse_storage_usd: dict[str, float] | None = None, **context: Any) -> dict[str, Any]:
@@ -106,20 +119,8 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHo
         "gpu_utilisation": me["gpu_utilisation"],
         "no_reuse_gpu_utilisation": base["gpu_utilisation"],
         "storage_usd_by_tier": storage_usd,
-        "self_hosted_busy_usd": me["busy_usd"],
-        "no_reuse_self_hosted_busy_usd": base["busy_usd"],
-        "self_hosted_busy_usd_per_session": _per(me["busy_usd"], sessions),
-        "no_reuse_self_hosted_busy_usd_per_session": _per(base["busy_usd"], sessions),
-        "self_hosted_busy_usd_per_mtok": _per(me["busy_usd"], mtok),
-        "no_reuse_self_hosted_busy_usd_per_mtok": _per(base["busy_usd"], mtok),
-        "self_hosted_busy_saving": _saving(me["busy_usd"], base["busy_usd"]),
-        "self_hosted_provisioned_usd": me["provisioned_usd"],
-        "no_reuse_self_hosted_provisioned_usd": base["provisioned_usd"],
-        "self_hosted_provisioned_usd_per_session": _per(me["provisioned_usd"], sessions),
-        "no_reuse_self_hosted_provisioned_usd_per_session": _per(base["provisioned_usd"], sessions),
-        "self_hosted_provisioned_usd_per_mtok": _per(me["provisioned_usd"], mtok),
-        "no_reuse_self_hosted_provisioned_usd_per_mtok": _per(base["provisioned_usd"], mtok),
-        "self_hosted_provisioned_saving": _saving(me["provisioned_usd"], base["provisioned_usd"]),
+        **_cost_figures("busy", me, base, sessions, mtok),
+        **_cost_figures("provisioned", me, base, sessions, mtok),
         "api_cached_tokens": int(df["api_cached_tokens"].sum()),
         "api_cache_write_tokens": int(df["api_cache_write_tokens"].sum()),
         "api_usd": api_usd,

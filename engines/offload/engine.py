@@ -334,7 +334,7 @@ class OffloadEngine:
         if seq is not None:
             seq.loaded_bytes += bytes_per_gpu * self.tp
 
-    def _note_write(self, inst: int, blocks: int, src: int, dst: int) -> None:
+    def _note_write(self, inst: int, blocks: int, src: int, dst: int | None) -> None:
         """A cache wrote blocks down (demotion or write-through): started once the event settles."""
         key = (src, dst)
         pending = self._pending_writes[inst]
@@ -405,9 +405,7 @@ class OffloadEngine:
         self.shared_cache.insert(hashes, now)
         written = self.shared_cache.used[0] - before
         if written > 0:
-            pending = self._pending_writes[inst]
-            pending[(len(self.local_tiers) - 1, None)] = pending.get((len(self.local_tiers) - 1, None), 0) \
-                + written
+            self._note_write(inst, written, len(self.local_tiers) - 1, None)
 
     # -- steps ------------------------------------------------------------------------------
     def _plan(self, inst: Instance, now: float) -> None:
