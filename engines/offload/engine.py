@@ -204,7 +204,7 @@ class OffloadEngine:
         for i, pending in enumerate(self._pending_writes):
             if pending:
                 for (src, dst), blocks in pending.items():
-                    self._start_write(i, src, dst, blocks, now)
+                    self._write(i, src, dst, blocks * self.block_size, now)
                 pending.clear()
         if self.check_invariants:
             self.check()
@@ -340,17 +340,21 @@ class OffloadEngine:
         pending = self._pending_writes[inst]
         pending[key] = pending.get(key, 0) + blocks
 
-    def _start_write(self, inst: int, src: int, dst: int | None, blocks: int, now: float) -> None:
-        """Write blocks from tier ``src`` to ``dst`` (None: the warehouse). A demotion out of HBM
-        keeps occupying HBM (``draining``) until written; a write-through copies what stays."""
+    def _write(self, inst: int, src: int, dst: int | None, tokens: int, now: float,
+               swapped: Seq | None = None) -> None:
+        """Write ``tokens`` of KV from tier ``src`` down to ``dst`` (None: the warehouse): a
+        demotion, a write-through, a warehouse put, or the swap-out of the call ``swapped``,
+        which may be readmitted once written. What leaves HBM (a demotion, a swap-out) keeps
+        occupying it (``draining``) until written; a write-through copies what stays."""
         cache = self.instances[inst].cache
-        draining = blocks if (src == 0 and not cache.inclusive) else 0
+        leaves_hbm = src == 0 and (swapped is not None or not cache.inclusive)
+        draining = math.ceil(tokens / self.block_size) if leaves_hbm else 0
         cache.draining += draining
         tier = self.shared_tier if dst is None else self.local_tiers[dst]
         key = next(self._seq)
-        self.fabric.start(key, self._path(inst, dst, "write"), blocks * self.block_size * self.kv_gpu_token,
-                          tier.latency_s, now)
-        self._flows[key] = (None, inst, draining, None)
+        self.fabric.start(key, self._path(inst, dst, "write"), tokens * self.kv_gpu_token, tier.latency_s,
+                          now)
+        self._flows[key] = (None, inst, draining, swapped)
 
     def _finish_transfers(self, now: float) -> None:
         if self.fabric.next_completion() > now:
@@ -443,14 +447,9 @@ class OffloadEngine:
         seq.status = Status.PREEMPTED
         if self.preemption == "swap" and len(self.local_tiers) > 1 and seq.context:
             seq.swapped_tokens = seq.context  # written out now, loaded back on readmission
-            blocks = math.ceil(seq.context / self.block_size)
-            inst.cache.stats[1].written += blocks
+            inst.cache.stats[1].written += math.ceil(seq.context / self.block_size)
             seq.swap_out_pending = True  # readmitted only once written out
-            key = next(self._seq)
-            inst.cache.draining += blocks
-            self.fabric.start(key, self._path(inst.index, 1, "write"), seq.context * self.kv_gpu_token,
-                              self.local_tiers[1].latency_s, now)
-            self._flows[key] = (None, inst.index, blocks, seq)
+            self._write(inst.index, 0, 1, seq.context, now, swapped=seq)
         else:
             seq.target_tokens = max(seq.target_tokens, seq.context)  # all it had, its prompt at least
         seq.context = 0
