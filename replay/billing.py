@@ -14,6 +14,7 @@ configured one.
 from __future__ import annotations
 
 import heapq
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +30,8 @@ BILL_SCHEMA = {
     "api_cost_usd": pl.Float64, "reported_cached_tokens": pl.Int64,
     "reported_cache_write_tokens": pl.Int64, "reported_api_cost_usd": pl.Float64,
 }
-_CALL = ["request_id", "parent_id", "kept_blocks", "input_tokens", "output_tokens", "model",
-         "cache_ttl_s", "reported_cached_tokens", "reported_cache_write_tokens"]
+_CALL = operator.itemgetter("request_id", "kept_blocks", "input_tokens", "output_tokens", "model",
+                            "cache_ttl_s", "reported_cached_tokens", "reported_cache_write_tokens")
 
 
 @dataclass
@@ -134,7 +135,7 @@ class BillStream:
         while pending and pending[0][0] <= t:
             at, _, key, written, w_ttl, live = heapq.heappop(pending)
             self._caches[key].write(written, at, w_ttl, live)
-        rid, _, kept, inp, outp, model, trace_ttl, rep_read, rep_write = (call[c] for c in _CALL)
+        rid, kept, inp, outp, model, trace_ttl, rep_read, rep_write = _CALL(call)
         key = model or b.pricing.model
         cache = self._caches.get(key)
         if cache is None:

@@ -518,7 +518,9 @@ class OffloadEngine:
             return
         dt = now - self.clock
         for t, tier in enumerate(self.local_tiers):
-            held = sum(inst.cache.used[t] for inst in self.instances)
+            held = 0
+            for inst in self.instances:
+                held += inst.cache.used[t]
             self.byte_seconds[tier.name] += held * self.block_bytes * dt
         if self.shared_cache is not None:
             self.byte_seconds[self.shared_tier.name] += self.shared_cache.used[0] * self.block_bytes * dt
