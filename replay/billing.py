@@ -74,7 +74,6 @@ class BillStream:
         self._oldest: list[tuple[float, int]] = []  # keys of sent calls, finished ones lazily dropped
         self._ready: list[tuple[float, int, Mapping[str, Any], float, np.ndarray]] = []
         self._last_send = -np.inf
-        self._billed_upto: tuple[float, int] = (-np.inf, -1)
         self._pending: list[tuple[float, int, str, np.ndarray, float, int]] = []  # writes not yet visible
         self._order = 0
         self._caches: dict[str, ProviderPromptCache] = {}
@@ -90,11 +89,9 @@ class BillStream:
 
     # -- the stream -------------------------------------------------------------------------
     def sent(self, row: int, t: float) -> None:
-        """Call ``row`` was sent at ``t`` (sends come in time order)."""
+        """Call ``row`` was sent at ``t``. A simulated replay sends in time order; a call sent
+        earlier than one already billed (a real server's clock) is billed when it can be, late."""
         key = (t, row)
-        if key < self._billed_upto:
-            raise RuntimeError(f"trace row {row} sent at {t} s, after a later call was billed: "
-                               "the engine's clock went backwards")
         self._unfinished[row] = key
         heapq.heappush(self._oldest, key)
         self._last_send = max(self._last_send, t)
@@ -125,7 +122,6 @@ class BillStream:
                 if t >= self._last_send or (oldest and oldest[0] < (t, row)):
                     return
             _, _, call, first, blocks = heapq.heappop(ready)
-            self._billed_upto = (t, row)
             self._bill(call, t, first, blocks)
 
     def _bill(self, call: Mapping[str, Any], t: float, first: float, blocks: np.ndarray) -> None:
