@@ -20,7 +20,6 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from engines.base import Completion, Request
 from engines.specs import ConfigError
 from replay.api_cache import ApiPricing, ModelPrices
 from replay.billing import Biller, BillStream
@@ -81,7 +80,7 @@ def simulate(path: str, engine, opts: ReplayOptions, out: Path,
     (and, with ``bill``, the calls as sent and finished to the API bill)."""
     writer = RequestsWriter(out, engine.tier_names)
 
-    def finished(call: dict[str, Any], request: Request, done: Completion) -> None:
+    def finished(call: dict[str, Any], request: Any, done: Any) -> None:
         writer.add(request, done)
         if bill is not None:
             bill.on_finish(call, request, done)
