@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from benchmarks.common import yardstick_s
 from engines.base import Completion, Request
 from engines.offload import OffloadEngine
 from engines.specs import DTYPE_BYTES, ConfigError, ModelSpec
@@ -283,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary["max_abs_error"] = round(worst[0], 4)
         print(f"median abs error {summary['median_abs_error']:.1%}; worst row {worst[1]} "
               f"({worst[0]:.1%}); {len(errors)} of {len(records)} rows set up")
+    summary["yardstick_s"] = yardstick_s()
     print(json.dumps(summary))
     return summary
 

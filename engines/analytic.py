@@ -99,9 +99,10 @@ class AnalyticEngine:
         while waiting and len(self._running[inst]) < self.concurrency:
             request = waiting[0]
             blocks = self.deployment.blocks(request.blocks)
-            need = len(blocks) - cache.lookup(blocks)[0] + self._decode_blocks(request, len(blocks))
-            if need > cache.free_blocks() and self._running[inst]:
-                return
+            need = len(blocks) + self._decode_blocks(request, len(blocks))
+            free = cache.free_blocks()
+            if need > free and self._running[inst] and need - cache.lookup(blocks)[0] > free:
+                return  # (the lookup only when the whole prompt would not fit anyway)
             waiting.popleft()
             self._start(request, blocks, inst, now)
 

@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from engines.specs import ConfigError
 from replay.api_cache import ApiPricing, ModelPrices
-from replay.billing import Biller
+from replay.billing import Biller, BillStream
 from replay.cost import SelfHostedPricing
 from replay.metrics import RequestsWriter, assemble, baseline_frame
 from replay.runner import ReplayOptions, ReplayResult, replay
@@ -74,11 +74,19 @@ def check_prefix_reuse(cfg: DictConfig) -> None:
                           "set replay.baseline=off")
 
 
-def simulate(path: str, engine, opts: ReplayOptions, out: Path) -> ReplayResult:
-    """Replay ``path`` through ``engine``, streaming the engine's rows to ``out`` as calls finish."""
+def simulate(path: str, engine, opts: ReplayOptions, out: Path,
+             bill: BillStream | None = None) -> ReplayResult:
+    """Replay ``path`` through ``engine``, streaming the engine's rows to ``out`` as calls finish
+    (and, with ``bill``, the calls as sent and finished to the API bill)."""
     writer = RequestsWriter(out, engine.tier_names)
+
+    def finished(call: dict[str, Any], request: Any, done: Any) -> None:
+        writer.add(request, done)
+        if bill is not None:
+            bill.on_finish(call, request, done)
+
     try:
-        return replay(path, engine, opts, None, lambda call, request, done: writer.add(request, done))
+        return replay(path, engine, opts, bill.on_send if bill is not None else None, finished)
     finally:
         writer.close()
 
@@ -89,8 +97,8 @@ def storage_usd(pricing: SelfHostedPricing, result: ReplayResult) -> dict[str, f
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """One replay: trace -> runner -> engine -> metrics, then the no-reuse baseline (a second
-    simulation), the API bill (a pass over the send and first-token times), cost, summary."""
+    """One replay: trace -> runner -> engine -> metrics and the API bill (fed the runner's calls
+    as sent and finished), then the no-reuse baseline (a second simulation), cost, summary."""
     path = resolve_trace(cfg, run_dir)
     meta = read_meta(path)
     baseline = str(cfg.replay.get("baseline", "simulate"))
@@ -108,7 +116,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                          sample_ratio=r.sample.ratio, limit=r.limit, seed=int(cfg.seed),
                          progress=bool(r.progress))
     engine_rows = run_dir / ".requests.engine.parquet"
-    result = simulate(path, engine, opts, engine_rows)
+    biller = Biller(api, ModelPrices(cfg.pricing.get("models") or {}), meta.block_size,
+                    warm_start=bool(cfg.replay.get("api_warm_start", True)))
+    bill_stream = biller.stream()
+    result = simulate(path, engine, opts, engine_rows, bill_stream)
+    bill = bill_stream.close()
     timeline = result.engine_stats.pop("timeline", None)
     if timeline:
         pl.DataFrame(timeline).write_parquet(run_dir / "timeline.parquet")
@@ -122,10 +134,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if not base_result.interrupted:
             base_frame, base_storage = baseline_frame(base_rows, tiers), storage_usd(self_hosted, base_result)
         base_rows.unlink()
-    biller = Biller(api, ModelPrices(cfg.pricing.get("models") or {}), meta.block_size,
-                    warm_start=bool(cfg.replay.get("api_warm_start", True)))
-    bill = biller.bill(result.calls, pl.read_parquet(engine_rows, columns=["request_id", "arrival_s",
-                                                                           "first_token_s"]))
     gpu_cost = self_hosted.gpu_cost
     requests = assemble(engine_rows, run_dir / "requests.parquet", tiers, base_frame, bill, {
         "cost_usd": gpu_cost(pl.col("gpu_s"), power_w),

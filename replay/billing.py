@@ -1,20 +1,23 @@
-"""The API bill of a replay, made in a pass after it: the runner learns a call's first token
-only when the call finishes, and a provider's cache entry becomes readable only when the
-response that writes it starts.
+"""The API bill of a replay. A provider's cache entry becomes readable only when the response
+that writes it starts (its first token), which the runner learns only when the call finishes;
+so the bill is made from the runner's own expanded calls, in a stream that trails the replay.
 
-The pass re-expands the calls in send order (``traces.expand``, as the runner does) and runs
-two kinds of event in time order: a call *reads* its model's entries when it is sent
+Two kinds of event run in send order: a call *reads* its model's entries when it is sent
 (``arrival_s`` on the replay clock) and *writes* its prompt when its first token comes
-(``first_token_s``); at equal times the write goes first. Only the block lists of calls
-between those two moments are held. Entries are per model: a call's model is the trace's
-``model`` column, else the configured one.
+(``first_token_s``); at equal times the write goes first. A call's read runs once every call
+sent before it has finished (so every write that could precede the read is known): the stream
+holds the block lists of finished calls waiting on an earlier one, and of writes not yet
+visible. Entries are per model: a call's model is the trace's ``model`` column, else the
+configured one.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -27,8 +30,8 @@ BILL_SCHEMA = {
     "api_cost_usd": pl.Float64, "reported_cached_tokens": pl.Int64,
     "reported_cache_write_tokens": pl.Int64, "reported_api_cost_usd": pl.Float64,
 }
-_CALL = ["request_id", "parent_id", "kept_blocks", "input_tokens", "output_tokens", "model",
-         "cache_ttl_s", "reported_cached_tokens", "reported_cache_write_tokens"]
+_CALL = operator.itemgetter("request_id", "kept_blocks", "input_tokens", "output_tokens", "model",
+                            "cache_ttl_s", "reported_cached_tokens", "reported_cache_write_tokens")
 
 
 @dataclass
@@ -38,46 +41,112 @@ class Biller:
     block_size: int
     warm_start: bool = True  # recorded traces: what a chain's first call reports reading was cached before
 
+    def stream(self) -> BillStream:
+        """A bill fed by a replay's send and finish hooks (``BillStream.on_send``, ``on_finish``)."""
+        return BillStream(self)
+
     def bill(self, calls: pl.DataFrame, times: pl.DataFrame) -> pl.DataFrame:
-        """One row per call of ``times`` (request_id, arrival_s, first_token_s: the replay's
-        send and first-token times) with its simulated and reported bill. ``calls``: the
-        trace's calls (the runner's prepared table, with new_block_hashes)."""
+        """The bill of calls replayed elsewhere: one row per call of ``times`` (request_id,
+        arrival_s, first_token_s: the send and first-token times). ``calls``: the trace's calls
+        (the runner's prepared table, with new_block_hashes), expanded here in send order."""
         sent = (calls.join(times.select("request_id", "arrival_s", "first_token_s"), on="request_id",
                            suffix="_sent")
                      .sort("arrival_s_sent", "row"))
         expander = CallExpander(sent, self.block_size)
-        bs, default_model = self.block_size, self.pricing.model
-        caches: dict[str, ProviderPromptCache] = {}
-        pending: list[tuple[float, int, str, np.ndarray, float, int]] = []  # writes not yet visible
-        seq = itertools.count()
-        out: list[tuple] = []
-        rows = sent.select(*_CALL, "arrival_s_sent", "first_token_s").iter_rows()
-        terms: dict[tuple[str | None, float], Rules] = {}
-        for i, row in enumerate(rows):
-            rid, parent, kept, inp, outp, model, trace_ttl, rep_read, rep_write, t, first = row
+        stream = self.stream()
+        for i, call in enumerate(sent.drop("new_block_hashes").iter_rows(named=True)):
             try:
-                blocks, _ = expander.expand(i, rid, parent, kept, inp, outp)
-            except KeyError:  # an interrupted open-mode replay: its parent never finished, so no bill
-                out.append((rid, None, None, None, rep_read, rep_write, None))
+                blocks, _ = expander.expand(i, call["request_id"], call["parent_id"], call["kept_blocks"],
+                                            call["input_tokens"], call["output_tokens"])
+            except KeyError:  # its parent never finished (an interrupted replay): no bill
                 continue
-            while pending and pending[0][0] <= t:
-                at, _, key, written, w_ttl, live = heapq.heappop(pending)
-                caches[key].write(written, at, w_ttl, live)
-            key = model or default_model
-            cache = caches.get(key)
-            if cache is None:
-                cache = caches[key] = ProviderPromptCache(self.pricing, bs)
-            ttl = self.pricing.ttl_s if trace_ttl is None else trace_ttl
-            rules = terms.get((model, ttl))
-            if rules is None:
-                rules = terms[model, ttl] = self.models.rules(model, ttl, self.pricing.rules(ttl))
-            if self.warm_start and rep_read and kept == 0:
-                cache.write(blocks[: rep_read // bs], t, ttl)
-            cached, live = cache.read(blocks, t, inp, ttl, rules)
-            charge = cache.charge(cached, inp, outp, rules)
-            if inp >= rules.min_tokens:
-                heapq.heappush(pending, (first, next(seq), key, blocks, ttl, live))
-            reported = None if rep_read is None else self.models.reported_cost(
-                model, inp, rep_read, rep_write or 0, outp, trace_ttl)
-            out.append((rid, *charge, rep_read, rep_write, reported))
-        return pl.DataFrame(out, schema=BILL_SCHEMA, orient="row")
+            stream.finished(call, call["row"], call["arrival_s_sent"], call["first_token_s"], blocks)
+        return stream.close()
+
+
+class BillStream:
+    """The bill of one replay, made as it runs. Calls are ordered by (send time, trace row),
+    as sent; a call is billed once every call before it has finished."""
+
+    def __init__(self, biller: Biller) -> None:
+        self.b = biller
+        self._unfinished: dict[int, tuple[float, int]] = {}  # trace row -> its (send, row) key
+        self._oldest: list[tuple[float, int]] = []  # keys of sent calls, finished ones lazily dropped
+        self._ready: list[tuple[float, int, Mapping[str, Any], float, np.ndarray]] = []
+        self._last_send = -np.inf
+        self._pending: list[tuple[float, int, str, np.ndarray, float, int]] = []  # writes not yet visible
+        self._order = 0
+        self._caches: dict[str, ProviderPromptCache] = {}
+        self._terms: dict[tuple[str | None, float], Rules] = {}
+        self._out: list[tuple] = []
+
+    # -- the runner's hooks -----------------------------------------------------------------
+    def on_send(self, call: Mapping[str, Any], request: Any, t: float) -> None:
+        self.sent(call["row"], t)
+
+    def on_finish(self, call: Mapping[str, Any], request: Any, done: Any) -> None:
+        self.finished(call, call["row"], request.arrival_s, done.first_token_s, request.blocks)
+
+    # -- the stream -------------------------------------------------------------------------
+    def sent(self, row: int, t: float) -> None:
+        """Call ``row`` was sent at ``t``. A simulated replay sends in time order; a call sent
+        earlier than one already billed (a real server's clock) is billed when it can be, late."""
+        key = (t, row)
+        self._unfinished[row] = key
+        heapq.heappush(self._oldest, key)
+        self._last_send = max(self._last_send, t)
+        self._bill_ready(final=False)
+
+    def finished(self, call: Mapping[str, Any], row: int, t: float, first_token_s: float,
+                 blocks: np.ndarray) -> None:
+        """Call ``row`` (``call``: its trace fields), sent at ``t`` with prompt ``blocks``,
+        emitted its first token at ``first_token_s``."""
+        self._unfinished.pop(row, None)
+        heapq.heappush(self._ready, (t, row, call, first_token_s, blocks))
+        self._bill_ready(final=False)
+
+    def close(self) -> pl.DataFrame:
+        """Bill what finished (calls still unfinished, after an interruption, get no row)."""
+        self._bill_ready(final=True)
+        return pl.DataFrame(self._out, schema=BILL_SCHEMA, orient="row")
+
+    def _bill_ready(self, final: bool) -> None:
+        """Bill finished calls, oldest first, while no call sent before them is unfinished and
+        no call can still be sent at or before their send time."""
+        ready, oldest, unfinished = self._ready, self._oldest, self._unfinished
+        while ready:
+            t, row = ready[0][0], ready[0][1]
+            if not final:
+                while oldest and unfinished.get(oldest[0][1]) != oldest[0]:
+                    heapq.heappop(oldest)
+                if t >= self._last_send or (oldest and oldest[0] < (t, row)):
+                    return
+            _, _, call, first, blocks = heapq.heappop(ready)
+            self._bill(call, t, first, blocks)
+
+    def _bill(self, call: Mapping[str, Any], t: float, first: float, blocks: np.ndarray) -> None:
+        """One call's read at ``t`` (after the writes visible by then) and its write at ``first``."""
+        b = self.b
+        pending = self._pending
+        while pending and pending[0][0] <= t:
+            at, _, key, written, w_ttl, live = heapq.heappop(pending)
+            self._caches[key].write(written, at, w_ttl, live)
+        rid, kept, inp, outp, model, trace_ttl, rep_read, rep_write = _CALL(call)
+        key = model or b.pricing.model
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = ProviderPromptCache(b.pricing, b.block_size)
+        ttl = b.pricing.ttl_s if trace_ttl is None else trace_ttl
+        rules = self._terms.get((model, ttl))
+        if rules is None:
+            rules = self._terms[model, ttl] = b.models.rules(model, ttl, b.pricing.rules(ttl))
+        if b.warm_start and rep_read and kept == 0:
+            cache.write(blocks[: rep_read // b.block_size], t, ttl)
+        cached, live = cache.read(blocks, t, inp, ttl, rules)
+        charge = cache.charge(cached, inp, outp, rules)
+        if inp >= rules.min_tokens:
+            heapq.heappush(pending, (first, self._order, key, blocks, ttl, live))
+        self._order += 1
+        reported = None if rep_read is None else b.models.reported_cost(
+            model, inp, rep_read, rep_write or 0, outp, trace_ttl)
+        self._out.append((rid, *charge, rep_read, rep_write, reported))

@@ -112,7 +112,6 @@ class ReplayResult:
     finished: int = 0
     interrupted: bool = False
     engine_stats: dict[str, Any] = field(default_factory=dict)
-    calls: pl.DataFrame | None = None  # the calls as prepared (sampled, rescaled), in arrival order
 
 
 Recorder = Callable[[dict[str, Any], Request, Completion], None]
@@ -191,5 +190,4 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
         gc.unfreeze()
         bar.close()
     result.engine_stats = engine.stats()
-    result.calls = calls
     return result

@@ -140,6 +140,36 @@ def test_fan_out_calls_do_not_read_each_other(tmp_path, load_conf, b_sent, b_rea
     assert by["b-0"]["api_cost_usd"] * 1e6 == pytest.approx(b_reads * 0.1 + (12 - b_reads) * 1.25 + 4 * 5)
 
 
+def test_the_stream_bills_a_call_only_once_every_earlier_call_has_finished(tmp_path, load_conf):
+    """The runner's order: a-0 sent at 0 s (first token 5 s, finishes last), b-0 at 1 s (first
+    token 1.5 s), c-0 at 6 s and d-0 at 7 s, both sent before a-0 finishes. c-0's read waits
+    for a-0's finish, which tells the stream a-0's prompt was written at 5 s: c-0 and d-0 read
+    all 12 tokens; b-0, sent before that write, reads none. The bill equals the one made from
+    the finished rows."""
+    path = write(tmp_path / "t.parquet", [
+        row(s, 0, 12, [1, 2, 3], output_tokens=4, arrival_s=t)
+        for s, t in (("a", 0.0), ("b", 1.0), ("c", 6.0), ("d", 7.0))])
+    calls = {c["request_id"]: c for c in prepare_calls(str(path), ReplayOptions(mode="open"))
+             .drop("new_block_hashes").iter_rows(named=True)}
+    blocks = np.array([1, 2, 3], dtype=np.uint64)
+    first = {"a-0": 5.0, "b-0": 1.5, "c-0": 6.5, "d-0": 7.5}
+    stream = biller(load_conf, min_tokens=1).stream()
+    for event, rid in (("send", "a-0"), ("send", "b-0"), ("finish", "b-0"), ("send", "c-0"),
+                       ("finish", "c-0"), ("send", "d-0"), ("finish", "a-0"), ("finish", "d-0")):
+        call = calls[rid]
+        if event == "send":
+            stream.sent(call["row"], call["arrival_s"])
+        else:
+            stream.finished(call, call["row"], call["arrival_s"], first[rid], blocks)
+    bill = stream.close()
+    cached = dict(zip(bill["request_id"], bill["api_cached_tokens"], strict=True))
+    assert cached == {"a-0": 0, "b-0": 0, "c-0": 12, "d-0": 12}
+    offline = biller(load_conf, min_tokens=1).bill(
+        prepare_calls(str(path), ReplayOptions(mode="open")),
+        times(a_0=(0.0, 5.0), b_0=(1.0, 1.5), c_0=(6.0, 6.5), d_0=(7.0, 7.5)))
+    assert offline.sort("request_id").equals(bill.sort("request_id"))
+
+
 def test_fan_out_in_a_replay(tmp_path):
     """The same rule end to end: two 12-token prompts sent 10 ms apart; a-0's first token comes
     after its 12 ms prefill, so b-0 reads nothing; c-0, sent at 1 s, reads the prompt."""

@@ -2,8 +2,10 @@
 tiered KV (HBM, DRAM, NVMe, a shared remote warehouse), loads over shared links, preemption,
 prefetch during think time, and a router in front.
 
-Events: a call's arrival (``submit``), the end of an instance's step, the end of a transfer on a
-link, a prefetch. ``advance(until)`` processes them in time order.
+Events (``events.EventQueue``, one queue): the end of a transfer on a link, a prefetch's start,
+the end of an instance's step; a call's arrival (``submit``) runs at once. ``advance(until)``
+processes them in time order; after each instant, every idle instance asks its ``Scheduler``
+for a plan (admit the queue's head, or run a step) and the engine carries it out.
 
 KV moves over a ``Fabric``: each instance's host link in each direction (PCIe; DRAM and NVMe
 traffic of a GPU share it), each local tier's own read and write bandwidth (a drive), each
@@ -28,8 +30,9 @@ import numpy as np
 from engines.base import Completion, Request
 from engines.deployment import Deployment
 from engines.kv_cache import BlockCache, tier_report
+from engines.offload.events import PREFETCH, STEP, TRANSFER, EventQueue
 from engines.offload.fabric import Fabric, Resource
-from engines.offload.scheduler import Instance, Seq, Status
+from engines.offload.scheduler import Instance, Scheduler, Seq, Status
 from engines.router import Router
 from engines.specs import ConfigError, TierSpec
 from traces.hashing import reusable_blocks
@@ -88,6 +91,8 @@ class OffloadEngine:
             self.shared_cache = BlockCache([self.shared_tier.capacity_bytes / self.block_bytes],
                                            [self.shared_tier.name], "lru", headroom=headroom,
                                            reuse=self.prefix_reuse)
+        self.scheduler = Scheduler(self.roofline, self.block_size, int(max_batched_tokens), int(max_running),
+                                   bool(overlap_load))
         self.instances: list[Instance] = []
         self._pending_writes: list[dict[tuple[int, int], int]] = []
         for i in range(n):
@@ -97,8 +102,7 @@ class OffloadEngine:
                                  if self.shared_cache else None,
                                  headroom=headroom, reuse=self.prefix_reuse,
                                  on_write=lambda blocks, src, dst, i=i: self._note_write(i, blocks, src, dst))
-            self.instances.append(Instance(i, cache_i, self.roofline, self.block_size, self.tp,
-                                           int(max_batched_tokens), int(max_running), bool(overlap_load)))
+            self.instances.append(Instance(i, cache_i, self.block_size, self.tp))
             self._pending_writes.append({})
         self._host_in = [self.fabric.resource(f"instance{i}.host_in", self.hw.links["pcie"] * eff)
                          for i in range(n)]
@@ -108,7 +112,8 @@ class OffloadEngine:
         # flow -> (the load it is part of, instance, HBM blocks it drains, the call it swaps out)
         self._flows: dict[int, tuple[_Load | None, int, int, Seq | None]] = {}
         self._seq = itertools.count()
-        self._prefetches: list[tuple[float, int, int, np.ndarray]] = []
+        self._events = EventQueue(self._valid)
+        self._prefetch_times: list[float] = []  # when the queued prefetches start (a step's outside events)
         self._done: list[Completion] = []
         self.clock = 0.0
         self.preemptions = 0
@@ -152,6 +157,8 @@ class OffloadEngine:
         inst.interrupt(now)
         if inst.step is None:
             self._plan(inst, now)
+        else:  # its end may have moved up
+            self._events.push(inst.step.end_s, STEP, inst.index, (inst.index, inst.step))
         self._settle(now)
 
     def expect(self, parent: Request, at: float) -> None:
@@ -161,26 +168,26 @@ class OffloadEngine:
             return
         blocks = self.deployment.blocks(parent.sequence_blocks())
         inst = self._route(parent.session_id, blocks, peek=True)
-        heapq.heappush(self._prefetches, (max(at - self.prefetch_lead_s, self.clock), next(self._seq),
-                                          inst, blocks))
+        start = max(at - self.prefetch_lead_s, self.clock)
+        self._events.push(start, PREFETCH, next(self._seq), (inst, blocks))
+        heapq.heappush(self._prefetch_times, start)
 
     def next_event_time(self) -> float | None:
-        t = min((inst.busy_until() for inst in self.instances), default=math.inf)
-        t = min(t, self.fabric.next_completion())
-        if self._prefetches:
-            t = min(t, self._prefetches[0][0])
-        return None if t == math.inf else t
+        return self._events.next_time()
 
     def advance(self, until: float) -> list[Completion]:
         while True:
             t = self.next_event_time()
             if t is None or t > until:
                 break
+            due = self._events.pop_due(t)
             self._advance_clock(t)
             self._finish_transfers(t)
-            while self._prefetches and self._prefetches[0][0] <= t:
-                self._do_prefetch(*heapq.heappop(self._prefetches)[2:], t)
-            for inst in self.instances:
+            for kind, payload in due:
+                if kind == PREFETCH:
+                    heapq.heappop(self._prefetch_times)
+                    self._do_prefetch(*payload, t)
+            for inst in self.instances:  # step ends (in instance order), then idle instances plan
                 if inst.step is not None and inst.step.end_s <= t:
                     self._end_step(inst)
                 if inst.step is None:
@@ -199,12 +206,27 @@ class OffloadEngine:
                 "preemptions": self.preemptions, "prefetched_tokens": self.prefetched_blocks * bs,
                 "byte_seconds_by_tier": dict(self.byte_seconds), "timeline": self.timeline}
 
+    def _valid(self, t: float, kind: int, payload: Any) -> bool:
+        """Is a queued event still due when it was queued for (not superseded)?"""
+        if kind == STEP:
+            index, step = payload
+            return self.instances[index].step is step and step.end_s == t
+        if kind == TRANSFER:
+            return self.fabric.next_completion() == t
+        return True
+
+    def _transfers_changed(self) -> None:
+        """A transfer started or ended: the links were re-shared, queue their next end."""
+        t = self.fabric.next_completion()
+        if t < math.inf:
+            self._events.push(t, TRANSFER)
+
     def _settle(self, now: float) -> None:
         """After every event: start the writes the caches asked for, and check the invariants."""
         for i, pending in enumerate(self._pending_writes):
             if pending:
                 for (src, dst), blocks in pending.items():
-                    self._start_write(i, src, dst, blocks, now)
+                    self._write(i, src, dst, blocks * self.block_size, now)
                 pending.clear()
         if self.check_invariants:
             self.check()
@@ -329,6 +351,7 @@ class OffloadEngine:
         latency = (self.shared_tier if tier is None else self.local_tiers[tier]).latency_s
         key = next(self._seq)
         self.fabric.start(key, self._path(inst.index, tier, "read"), bytes_per_gpu, latency, now)
+        self._transfers_changed()
         self._flows[key] = (load, inst.index, 0, None)
         load.flows += 1
         if seq is not None:
@@ -340,22 +363,30 @@ class OffloadEngine:
         pending = self._pending_writes[inst]
         pending[key] = pending.get(key, 0) + blocks
 
-    def _start_write(self, inst: int, src: int, dst: int | None, blocks: int, now: float) -> None:
-        """Write blocks from tier ``src`` to ``dst`` (None: the warehouse). A demotion out of HBM
-        keeps occupying HBM (``draining``) until written; a write-through copies what stays."""
+    def _write(self, inst: int, src: int, dst: int | None, tokens: int, now: float,
+               swapped: Seq | None = None) -> None:
+        """Write ``tokens`` of KV from tier ``src`` down to ``dst`` (None: the warehouse): a
+        demotion, a write-through, a warehouse put, or the swap-out of the call ``swapped``,
+        which may be readmitted once written. What leaves HBM (a demotion, a swap-out) keeps
+        occupying it (``draining``) until written; a write-through copies what stays."""
         cache = self.instances[inst].cache
-        draining = blocks if (src == 0 and not cache.inclusive) else 0
+        leaves_hbm = src == 0 and (swapped is not None or not cache.inclusive)
+        draining = math.ceil(tokens / self.block_size) if leaves_hbm else 0
         cache.draining += draining
         tier = self.shared_tier if dst is None else self.local_tiers[dst]
         key = next(self._seq)
-        self.fabric.start(key, self._path(inst, dst, "write"), blocks * self.block_size * self.kv_gpu_token,
-                          tier.latency_s, now)
-        self._flows[key] = (None, inst, draining, None)
+        self.fabric.start(key, self._path(inst, dst, "write"), tokens * self.kv_gpu_token, tier.latency_s,
+                          now)
+        self._transfers_changed()
+        self._flows[key] = (None, inst, draining, swapped)
 
     def _finish_transfers(self, now: float) -> None:
         if self.fabric.next_completion() > now:
             return
-        for key in self.fabric.finish(now):
+        finished = self.fabric.finish(now)
+        if finished:
+            self._transfers_changed()
+        for key in finished:
             load, inst_index, draining, swapped = self._flows.pop(key)
             if draining:
                 self.instances[inst_index].cache.draining -= draining
@@ -409,11 +440,24 @@ class OffloadEngine:
 
     # -- steps ------------------------------------------------------------------------------
     def _plan(self, inst: Instance, now: float) -> None:
-        def next_external() -> float:
-            prefetch = self._prefetches[0][0] if self._prefetches else math.inf
-            return min(self.fabric.next_completion(), prefetch)
-
-        inst.plan(now, lambda seq, t: self._admit(inst, seq, t), next_external)
+        """Carry out the scheduler's plan for an idle instance: admit the calls it names while
+        they fit, then start the step it plans (and queue its end)."""
+        admitted, blocked = 0, False
+        while True:
+            external = min(self.fabric.next_completion(),
+                           self._prefetch_times[0] if self._prefetch_times else math.inf)
+            plan = self.scheduler.plan(inst, now, admitted, blocked, external)
+            if plan.admit is None:
+                break
+            if self._admit(inst, plan.admit, now):
+                inst.waiting.popleft()
+                inst.running.append(plan.admit)
+                admitted += 1
+            else:
+                blocked = True  # FCFS: the head waits for room, and so does everyone behind it
+        inst.step = plan.step
+        if plan.step is not None:
+            self._events.push(plan.step.end_s, STEP, inst.index, (inst.index, plan.step))
 
     def _end_step(self, inst: Instance) -> None:
         st = inst.step
@@ -424,9 +468,8 @@ class OffloadEngine:
                 inst.cache.commit(seq.acquired, seq.context // self.block_size, end)
         for seq in finished:
             self._complete(inst, seq, end)
-        cache = inst.cache  # out of KV for what runs (not what drains: that frees itself)
-        while cache.pinned + cache.reserved + cache.uncommitted > cache.capacity[0] and len(inst.running) > 1:
-            self._preempt(inst, inst.running[-1], end)
+        while (victim := self.scheduler.victim(inst)) is not None:
+            self._preempt(inst, victim, end)
         inst.cache.make_room(end)
 
     def _preempt(self, inst: Instance, seq: Seq, now: float) -> None:
@@ -443,14 +486,9 @@ class OffloadEngine:
         seq.status = Status.PREEMPTED
         if self.preemption == "swap" and len(self.local_tiers) > 1 and seq.context:
             seq.swapped_tokens = seq.context  # written out now, loaded back on readmission
-            blocks = math.ceil(seq.context / self.block_size)
-            inst.cache.stats[1].written += blocks
+            inst.cache.stats[1].written += math.ceil(seq.context / self.block_size)
             seq.swap_out_pending = True  # readmitted only once written out
-            key = next(self._seq)
-            inst.cache.draining += blocks
-            self.fabric.start(key, self._path(inst.index, 1, "write"), seq.context * self.kv_gpu_token,
-                              self.local_tiers[1].latency_s, now)
-            self._flows[key] = (None, inst.index, blocks, seq)
+            self._write(inst.index, 0, 1, seq.context, now, swapped=seq)
         else:
             seq.target_tokens = max(seq.target_tokens, seq.context)  # all it had, its prompt at least
         seq.context = 0
@@ -480,7 +518,9 @@ class OffloadEngine:
             return
         dt = now - self.clock
         for t, tier in enumerate(self.local_tiers):
-            held = sum(inst.cache.used[t] for inst in self.instances)
+            held = 0
+            for inst in self.instances:
+                held += inst.cache.used[t]
             self.byte_seconds[tier.name] += held * self.block_bytes * dt
         if self.shared_cache is not None:
             self.byte_seconds[self.shared_tier.name] += self.shared_cache.used[0] * self.block_bytes * dt

@@ -1,10 +1,12 @@
-"""One serving instance: iteration-level continuous batching over a tiered block cache.
+"""One serving instance's state and its scheduler: iteration-level continuous batching over a
+tiered block cache.
 
 Each step decodes one token for every running sequence past its prefill, then spends the rest
 of the token budget on prefill chunks, admitting waiting calls FCFS while the budget, the cap
 on running sequences and free KV allow. Step time comes from ``Roofline.step_s``. A stretch in
 which only decode runs and nothing can change is planned as one block of steps
-(fast-forward) and cut short if a call arrives or a load finishes inside it.
+(fast-forward) and cut short if a call arrives or a load finishes inside it. The scheduler
+reads an instance's state and returns a plan; the engine carries it out.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engines.base import Request
@@ -76,16 +77,14 @@ class Step:
 
 
 class Instance:
-    def __init__(self, index: int, cache: BlockCache, roofline: Roofline, block_size: int, tp: int,
-                 max_batched_tokens: int, max_running: int, overlap_load: bool) -> None:
+    """One serving instance's state: its block cache, its queue, its running calls and the step
+    in progress. The ``Scheduler`` decides what it does next; the engine carries that out."""
+
+    def __init__(self, index: int, cache: BlockCache, block_size: int, tp: int) -> None:
         self.index = index
         self.cache = cache
-        self.roofline = roofline
         self.bs = block_size
         self.tp = tp
-        self.max_batched_tokens = max_batched_tokens
-        self.max_running = max_running
-        self.overlap_load = overlap_load
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
         self.step: Step | None = None
@@ -93,73 +92,6 @@ class Instance:
     @property
     def load(self) -> int:
         return len(self.waiting) + len(self.running)
-
-    def busy_until(self) -> float:
-        return self.step.end_s if self.step else math.inf
-
-    def ready(self, seq: Seq) -> bool:
-        return seq.loads_pending == 0 or self.overlap_load
-
-    # -- planning ---------------------------------------------------------------------------
-    def plan(self, now: float, admit, next_external: Callable[[], float]) -> None:
-        """Start the next step (or block of decode steps) at ``now`` if there is work.
-
-        ``admit(seq, now)`` acquires a waiting call's blocks and starts its loads; it returns
-        False when the call's KV does not fit yet.
-        """
-        # one pass over the running calls: who decodes (and their context sum, the nearest
-        # finish) and who still prefills
-        decoding: list[Seq] = []
-        prefilling: list[Seq] = []
-        ctx_sum, first_finish = 0, math.inf
-        for s in self.running:
-            if s.prefill_left == 0:
-                if s.decode_left > 0:
-                    decoding.append(s)
-                    ctx_sum += s.context
-                    if s.decode_left < first_finish:
-                        first_finish = s.decode_left
-            elif s.loads_pending == 0 or self.overlap_load:
-                prefilling.append(s)
-        budget = self.max_batched_tokens - len(decoding)
-        chunks: list[tuple[Seq, int]] = []
-        for s in prefilling:
-            if budget <= 0:
-                break
-            c = min(s.prefill_left, budget)
-            chunks.append((s, c))
-            budget -= c
-        while self.waiting and budget > 0 and len(self.running) < self.max_running:
-            seq = self.waiting[0]
-            if not admit(seq, now):
-                break  # FCFS: the head waits for room, and so does everyone behind it
-            self.waiting.popleft()
-            self.running.append(seq)
-            if seq.prefill_left > 0 and self.ready(seq):
-                c = min(seq.prefill_left, budget)
-                chunks.append((seq, c))
-                budget -= c
-        if not chunks and not decoding:
-            self.step = None
-            return
-        mean_ctx = ctx_sum / len(decoding) if decoding else 0.0
-        steps = 1
-        if chunks:
-            step_s = self.roofline.step_s([(c, s.context) for s, c in chunks], len(decoding), mean_ctx)
-        else:
-            # only decode runs and whoever waits cannot be admitted until a call finishes (or an
-            # outside event): fast-forward to the first finish or that event
-            step_s = self.roofline.step_s([], len(decoding), mean_ctx)
-            steps = int(first_finish)
-            next_external_s = next_external()  # after admission: its loads count too
-            if next_external_s < math.inf and step_s > 0:
-                steps = max(1, min(steps, math.ceil((next_external_s - now) / step_s)))
-            room = self.cache.free_blocks()
-            if room < len(decoding) * 2:  # KV nearly full: go block boundary by block boundary
-                steps = min(steps, min(self.bs - s.context % self.bs for s in decoding))
-            mean_ctx += (steps - 1) / 2  # contexts grow one token a step: the mean is exact
-            step_s = self.roofline.step_s([], len(decoding), mean_ctx)
-        self.step = Step(now, step_s, steps, chunks, decoding)
 
     def interrupt(self, now: float) -> None:
         """Cut a block of decode steps at the first step boundary at or after ``now``."""
@@ -215,3 +147,92 @@ class Instance:
             self.running.remove(s)
         self.step = None
         return end, finished, grown
+
+
+@dataclass
+class Plan:
+    """What an instance does next: try to admit ``admit`` (the head of its queue), or run
+    ``step`` (None: nothing to run)."""
+
+    admit: Seq | None = None
+    step: Step | None = None
+
+
+class Scheduler:
+    """Iteration-level continuous batching, as a function of an instance's state: it reads
+    the instance (and its cache's free room) and returns a plan; it changes nothing. The engine
+    admits (acquires KV, starts loads), preempts and runs steps as told, and asks again."""
+
+    def __init__(self, roofline: Roofline, block_size: int, max_batched_tokens: int, max_running: int,
+                 overlap_load: bool) -> None:
+        self.roofline = roofline
+        self.bs = block_size
+        self.max_batched_tokens = max_batched_tokens
+        self.max_running = max_running
+        self.overlap_load = overlap_load
+
+    def ready(self, seq: Seq) -> bool:
+        """May it prefill now (its loads landed, or they overlap the prefill)?"""
+        return seq.loads_pending == 0 or self.overlap_load
+
+    def plan(self, inst: Instance, now: float, admitted: int = 0, blocked: bool = False,
+             next_external_s: float = math.inf) -> Plan:
+        """The instance's next move at ``now``. ``admitted``: calls admitted while planning this
+        step (the last of ``running``: they prefill after the others and do not decode in it);
+        ``blocked``: the head of the queue did not fit (FCFS: nobody behind it goes first);
+        ``next_external_s``: the next event outside the instance (a transfer's end, a
+        prefetch), which ends a block of decode steps.
+
+        Each step decodes one token for every running call past its prefill, then spends the
+        rest of the token budget on prefill chunks, FCFS, and admits the queue's head while
+        budget and the cap on running calls allow."""
+        running = inst.running
+        planned = running[:len(running) - admitted]
+        decoding: list[Seq] = []
+        prefilling: list[Seq] = []
+        ctx_sum, first_finish = 0, math.inf
+        for s in planned:
+            if s.prefill_left == 0:
+                if s.decode_left > 0:
+                    decoding.append(s)
+                    ctx_sum += s.context
+                    if s.decode_left < first_finish:
+                        first_finish = s.decode_left
+            elif self.ready(s):
+                prefilling.append(s)
+        prefilling += [s for s in running[len(planned):] if s.prefill_left > 0 and self.ready(s)]
+        budget = self.max_batched_tokens - len(decoding)
+        chunks: list[tuple[Seq, int]] = []
+        for s in prefilling:
+            if budget <= 0:
+                break
+            c = min(s.prefill_left, budget)
+            chunks.append((s, c))
+            budget -= c
+        if inst.waiting and budget > 0 and len(running) < self.max_running and not blocked:
+            return Plan(admit=inst.waiting[0])
+        if not chunks and not decoding:
+            return Plan()
+        mean_ctx = ctx_sum / len(decoding) if decoding else 0.0
+        if chunks:
+            step_s = self.roofline.step_s([(c, s.context) for s, c in chunks], len(decoding), mean_ctx)
+            return Plan(step=Step(now, step_s, 1, chunks, decoding))
+        # only decode runs and whoever waits cannot be admitted until a call finishes (or an
+        # outside event): fast-forward to the first finish or that event
+        step_s = self.roofline.step_s([], len(decoding), mean_ctx)
+        steps = int(first_finish)
+        if next_external_s < math.inf and step_s > 0:
+            steps = max(1, min(steps, math.ceil((next_external_s - now) / step_s)))
+        if inst.cache.free_blocks() < len(decoding) * 2:  # KV nearly full: block boundary by boundary
+            steps = min(steps, min(self.bs - s.context % self.bs for s in decoding))
+        mean_ctx += (steps - 1) / 2  # contexts grow one token a step: the mean is exact
+        step_s = self.roofline.step_s([], len(decoding), mean_ctx)
+        return Plan(step=Step(now, step_s, steps, chunks, decoding))
+
+    def victim(self, inst: Instance) -> Seq | None:
+        """The call to preempt when the running calls' KV outgrew HBM (not counting what
+        drains: that frees itself): the latest admitted, while another runs."""
+        cache = inst.cache
+        if cache.pinned + cache.reserved + cache.uncommitted > cache.capacity[0] and len(inst.running) > 1:
+            return inst.running[-1]
+        return None
