@@ -1,10 +1,14 @@
 """A sweep with a failing job: the job is recorded as failed with its reason, the later jobs
 still run, the comparison table marks it and the sweep exits 1; replay-report skips it with a
-note. And a bare `replay --help` answers without loading Hydra or polars."""
+note. A bare `replay --help` answers without loading Hydra or polars. Ctrl-C during a replay
+keeps what finished and exits 130."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -63,3 +67,25 @@ def test_bare_help_loads_neither_hydra_nor_polars(tmp_path):
         line = next(ln for ln in result.stdout.splitlines() if ln.startswith(f"{group}: "))
         assert [o.strip("[]") for o in line.split(": ", 1)[1].split(", ")] == options
     assert "engine: [analytic]," in result.stdout and "load:" in result.stdout
+
+
+def test_ctrl_c_during_a_replay_keeps_what_finished_and_exits_130(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.Popen([str(BIN / "replay"), "engine=offload", "trace.sessions=60", "plots=false"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = ""
+    while "replay:" not in seen:  # the progress bar (shown off a terminal too): the loop has begun
+        char = proc.stderr.read(1)
+        assert char, proc.communicate()
+        seen += char
+    time.sleep(1.0)  # some calls finish
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    err = seen + err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "[interrupted: partial results]" in out
+    run_dir = next(tmp_path.glob("outputs/*/*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["interrupted"] and summary["baseline"] == "off"  # no second simulation after Ctrl-C
+    assert pl.read_parquet(run_dir / "requests.parquet").height == summary["calls"] <= summary["calls_sent"]
+    assert summary["calls"] < pl.read_parquet(run_dir / "trace.parquet").height  # stopped early
