@@ -169,9 +169,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def record_failure(run_dir: Path, reason: str) -> None:
-    """Leave the reason in the run folder, so a sweep's comparison table can show it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / FAILED).write_text(json.dumps({"status": "failed", "error": reason}) + "\n")
+    """Leave the reason in the run folder, so a sweep's comparison table can show it (if the
+    folder cannot be written, the error line on stderr still says it)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / FAILED).write_text(json.dumps({"status": "failed", "error": reason}) + "\n")
+    except OSError:
+        pass
 
 
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="config")
