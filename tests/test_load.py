@@ -124,3 +124,29 @@ def test_report_columns_are_human_with_units():
     assert human_value(0.0283, "s") == "28.3 ms" and human_value(5834.0, "s") == "5,834.00 s"
     assert human_value(0.9854, "%") == "98.5%" and human_value(4.6234, "$") == "$4.62"
     assert human_value(None, "$") == "" and human_value(True, "text") == "yes"
+
+
+def test_a_run_reports_the_load_figures_by_hand(tmp_path):
+    # test_money's two lone calls: 12-token prompts, 2 output tokens, sent at 0 and 2 s (open
+    # mode) to 2 one-GPU instances: each takes one prefill and one decode step, nobody queues.
+    from replaykit import SIMPLE, compose_cfg, simple_decode_step_s, simple_prefill_s
+    from tracekit import row, write
+
+    from replay.app import run
+
+    path = write(tmp_path / "t.parquet", [
+        row("x", 0, 12, [1, 2, 3], output_tokens=2, arrival_s=0.0),
+        row("y", 0, 12, [4, 5, 6], output_tokens=2, arrival_s=2.0),
+    ])
+    out = tmp_path / "run"
+    out.mkdir()
+    s = run(compose_cfg([*SIMPLE, "instances=2", "replay.mode=open", "trace=file", f"trace.path={path}",
+                         "plots=false"]), out)
+    one_call = simple_prefill_s(12) + simple_decode_step_s(12 + 1)
+    span = 2.0 + one_call
+    assert s["e2e_s"]["p50"] == pytest.approx(one_call, rel=1e-9)
+    assert s["served_output_tokens_per_s"] == pytest.approx(4 / span, rel=1e-9)
+    assert s["served_total_tokens_per_s"] == pytest.approx(28 / span, rel=1e-9)
+    assert s["queue_s"]["p99"] == 0.0 and s["saturation"]["saturated"] is False
+    assert s["ci"]["resamples"] == 1000 and s["ci"]["reuse"] == [0.0, 0.0]  # nothing shared
+    assert "served output tokens/s (over the span)" in table(s)
