@@ -89,9 +89,16 @@ def compare(sweep_dir: Path) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
+def _cell(v: Any) -> str:
+    """4 significant digits, large figures in full with separators (17,440, not 1.744e+04)."""
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
 def markdown(frame: pl.DataFrame) -> str:
     cols = frame.columns
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)  # noqa: E731
+    fmt = _cell
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.iter_rows()]
     return "\n".join(lines)

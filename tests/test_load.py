@@ -10,6 +10,7 @@ from engines.specs import ConfigError
 from replay.load import LoadOptions, bootstrap, load_figures, saturation, served_throughput
 from replay.report import human_column, human_value
 from replay.summary import table
+from replay.sweep import markdown
 
 
 def requests(rows):
@@ -124,6 +125,9 @@ def test_report_columns_are_human_with_units():
     assert human_value(0.0283, "s") == "28.3 ms" and human_value(5834.0, "s") == "5,834.00 s"
     assert human_value(0.9854, "%") == "98.5%" and human_value(4.6234, "$") == "$4.62"
     assert human_value(None, "$") == "" and human_value(True, "text") == "yes"
+    # the sweep's comparison.md: no exponent either
+    assert markdown(pl.DataFrame({"gpu_s": [17440.25], "reuse": [0.98551]})).splitlines()[-1] \
+        == "| 17,440 | 0.9855 |"
 
 
 def test_a_run_reports_the_load_figures_by_hand(tmp_path):
