@@ -99,6 +99,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import polars as pl
 
     from replay.api_cache import ApiPricing, ModelPrices
+    from replay.atomic import write_atomic
     from replay.billing import Biller
     from replay.cost import SelfHostedPricing
     from replay.load import LoadOptions, load_figures
@@ -128,7 +129,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     result = simulate(path, engine, opts, engine_rows)
     timeline = result.engine_stats.pop("timeline", None)
     if timeline:
-        pl.DataFrame(timeline).write_parquet(run_dir / "timeline.parquet")
+        write_atomic(run_dir / "timeline.parquet", pl.DataFrame(timeline).write_parquet)
     tiers = engine.tier_names
     del engine  # the baseline's engine is built next: never two in memory
     base_frame, base_storage = None, None

@@ -14,7 +14,8 @@ from typing import Any
 import click
 import polars as pl
 
-from replay.plots import DPI, plt
+from replay.atomic import write_atomic, write_text
+from replay.plots import plt, save_figure
 from replay.summary import _f as human
 from replay.sweep import FAILED, dotted_get, failed_in, failure_of, markdown, overrides_of, runs_in
 
@@ -174,10 +175,7 @@ def comparison_plots(frame: pl.DataFrame, out: Path) -> list[Path]:
             ax.legend(fontsize=8)
         if name == "ttft.png":
             ax.set_yscale("log")
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=DPI)
-        plt.close(fig)
-        written.append(out / name)
+        written.append(save_figure(fig, out / name))
     return written
 
 
@@ -204,17 +202,15 @@ def html_report(frame: pl.DataFrame, plots: list[Path], runs: list[Path], out: P
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
             "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:48%;margin:4px}</style></head>"
             f"<body><h1>agent-replay report</h1>{''.join(sections)}</body></html>")
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+    return write_text(out / "report.html", page)
 
 
 def build(paths: list[Path], out: Path) -> dict[str, Path]:
     runs = find_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
     frame = table(runs)
-    frame.write_csv(out / "comparison.csv")
-    frame.write_parquet(out / "comparison.parquet")
+    write_atomic(out / "comparison.csv", frame.write_csv)
+    write_atomic(out / "comparison.parquet", frame.write_parquet)
     plots = comparison_plots(frame, out)
     page = html_report(frame, plots, runs, out)
     return {"csv": out / "comparison.csv", "parquet": out / "comparison.parquet", "html": page,

@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from replay.atomic import write_text
 from replay.cost import SelfHostedPricing, span_s
 from replay.load import saturation_warning
 
@@ -138,7 +139,7 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHo
 
 
 def write_summary(summary: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    write_text(path, json.dumps(summary, indent=2, sort_keys=False) + "\n")
 
 
 def _f(v: Any, unit: str = "") -> str:

@@ -110,9 +110,11 @@ class CompareRuns(Callback):
         frame = compare(sweep_dir)
         if frame.is_empty():
             return
-        frame.write_csv(sweep_dir / "comparison.csv")
+        from replay.atomic import write_atomic, write_text
+
+        write_atomic(sweep_dir / "comparison.csv", frame.write_csv)
         text = markdown(frame)
-        (sweep_dir / "comparison.md").write_text(text + "\n")
+        write_text(sweep_dir / "comparison.md", text + "\n")
         print(f"\nsweep {sweep_dir}:\n{text}")
         failed = frame.filter(frame["status"].str.starts_with("failed")).height
         if failed:
