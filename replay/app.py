@@ -9,32 +9,34 @@
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import polars as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from engines.specs import ConfigError
-from replay.api_cache import ApiPricing, ModelPrices
-from replay.billing import Biller, BillStream
-from replay.cost import SelfHostedPricing
-from replay.metrics import RequestsWriter, assemble, baseline_frame
-from replay.runner import ReplayOptions, ReplayResult, replay
-from replay.summary import summarize, table, write_summary
-from traces.io import read_meta
-from traces.schema import TraceError
+from replay.sweep import FAILED
+from traces.errors import TraceError
+
+if TYPE_CHECKING:  # the modules below load polars, pyarrow and the engines: `replay --help` needs none
+    from replay.billing import BillStream
+    from replay.cost import SelfHostedPricing
+    from replay.runner import ReplayOptions, ReplayResult
 
 BASELINES = ("simulate", "off")
 
 
 def resolve_trace(cfg: DictConfig, run_dir: Path) -> str:
     """The trace file to replay: generated into the run folder, or the user's file."""
+    from traces.io import read_meta
+
     kind = cfg.trace.get("kind")
     if kind == "generate":
         from traces.synth import generate
@@ -78,6 +80,9 @@ def simulate(path: str, engine, opts: ReplayOptions, out: Path,
              bill: BillStream | None = None) -> ReplayResult:
     """Replay ``path`` through ``engine``, streaming the engine's rows to ``out`` as calls finish
     (and, with ``bill``, the calls as sent and finished to the API bill)."""
+    from replay.metrics import RequestsWriter
+    from replay.runner import replay
+
     writer = RequestsWriter(out, engine.tier_names)
 
     def finished(call: dict[str, Any], request: Any, done: Any) -> None:
@@ -99,6 +104,20 @@ def storage_usd(pricing: SelfHostedPricing, result: ReplayResult) -> dict[str, f
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One replay: trace -> runner -> engine -> metrics and the API bill (fed the runner's calls
     as sent and finished), then the no-reuse baseline (a second simulation), cost, summary."""
+    import numpy as np
+    import polars as pl
+
+    from replay.api_cache import ApiPricing, ModelPrices
+    from replay.atomic import write_atomic
+    from replay.billing import Biller
+    from replay.cost import SelfHostedPricing
+    from replay.load import LoadOptions, load_figures
+    from replay.metrics import assemble, baseline_frame
+    from replay.runner import ReplayOptions
+    from replay.summary import summarize, write_summary
+    from traces.io import read_meta
+
+    load = LoadOptions.from_cfg(cfg.get("load"))
     path = resolve_trace(cfg, run_dir)
     meta = read_meta(path)
     baseline = str(cfg.replay.get("baseline", "simulate"))
@@ -123,7 +142,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     bill = bill_stream.close()
     timeline = result.engine_stats.pop("timeline", None)
     if timeline:
-        pl.DataFrame(timeline).write_parquet(run_dir / "timeline.parquet")
+        write_atomic(run_dir / "timeline.parquet", pl.DataFrame(timeline).write_parquet)
     tiers = engine.tier_names
     del engine  # the baseline's engine is built next: never two in memory
     base_frame, base_storage = None, None
@@ -150,6 +169,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         tp=int(cfg.parallel.tp), instances=int(cfg.instances), mode=opts.mode,
         interrupted=result.interrupted, calls_sent=result.sent, engine_stats=result.engine_stats,
     )
+    summary.update(load_figures(requests, load, np.random.default_rng(int(cfg.seed))))
     write_summary(summary, run_dir / "summary.json")
     if cfg.get("plots", True):
         from replay.plots import run_plots
@@ -158,22 +178,52 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def record_failure(run_dir: Path, reason: str) -> None:
+    """Leave the reason in the run folder, so a sweep's comparison table can show it (if the
+    folder cannot be written, the error line on stderr still says it)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / FAILED).write_text(json.dumps({"status": "failed", "error": reason}) + "\n")
+    except OSError:
+        pass
+
+
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    """One run. A bad input is one line and exit 1; in a sweep (-m) a failing job is recorded
+    (failed.json) and the sweep goes on to the next job, and to its comparison table."""
+    from replay.summary import table
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         summary = run(cfg, run_dir)
     except (TraceError, ConfigError, OmegaConfBaseException) as exc:
-        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        reason = f"{exc}".splitlines()[0]
+        record_failure(run_dir, reason)
+        print(f"error: {reason}", file=sys.stderr)
+        if sweep:
+            return None
         sys.exit(1)
     except KeyboardInterrupt:  # outside the replay loop (which keeps what finished): nothing to keep
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:  # a bug: the traceback is shown, and a sweep still goes on
+        record_failure(run_dir, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        if not sweep:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        return None
     print(f"\n{summary['trace']} on {summary['engine']}: {summary['model']} / {summary['hardware']} "
           f"x{summary['tp']} / cache {summary['cache']} / {summary['pricing']}"
           + ("  [interrupted: partial results]" if summary["interrupted"] else ""))
     print(table(summary))
     print(f"outputs: {run_dir}")
+    if summary["interrupted"]:  # Ctrl-C: the finished calls are kept, and the exit says so
+        sys.exit(130)
     return summary["reuse"]
 
 

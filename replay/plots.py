@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from replay.atomic import write_atomic  # noqa: E402
+
 DPI = 110
 
 
@@ -21,9 +23,10 @@ def title_of(summary: dict[str, Any]) -> str:
             f"{summary.get('hardware')} x{summary.get('tp')} / cache {summary.get('cache')}")
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write atomically (PNG) and close a figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     plt.close(fig)
     return path
 
@@ -40,7 +43,7 @@ def ttft_cdf(requests: pl.DataFrame, summary: dict[str, Any], path: Path) -> Pat
     ax.set_title(f"TTFT distribution\n{title_of(summary)}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reuse_by_turn(requests: pl.DataFrame, summary: dict[str, Any], tiers: list[str], path: Path) -> Path:
@@ -68,7 +71,7 @@ def reuse_by_turn(requests: pl.DataFrame, summary: dict[str, Any], tiers: list[s
     ax.set_title(f"Reuse by turn\n{title_of(summary)}", fontsize=9)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tiers_over_time(timeline: pl.DataFrame, summary: dict[str, Any], path: Path) -> Path:
@@ -88,7 +91,7 @@ def tiers_over_time(timeline: pl.DataFrame, summary: dict[str, Any], path: Path)
     if any(c.endswith("_util") for c in timeline.columns):
         bottom.legend(fontsize=8)
     bottom.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def cost_breakdown(requests: pl.DataFrame, summary: dict[str, Any], gpu_hour_usd: float,
@@ -117,7 +120,7 @@ def cost_breakdown(requests: pl.DataFrame, summary: dict[str, Any], gpu_hour_usd
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_plots(run_dir: Path, summary: dict[str, Any], tiers: list[str], gpu_hour_usd: float) -> list[Path]:

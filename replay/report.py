@@ -14,37 +14,116 @@ from typing import Any
 import click
 import polars as pl
 
-from replay.plots import DPI, plt
-from replay.sweep import dotted_get, markdown, overrides_of, runs_in
+from replay.atomic import write_atomic, write_text
+from replay.plots import plt, save_figure
+from replay.summary import _f as human
+from replay.sweep import FAILED, dotted_get, failed_in, failure_of, markdown, overrides_of, runs_in
 
 COLUMNS = {
-    "reuse": "reuse", "ttft_p50_s": "ttft_s.p50", "ttft_p99_s": "ttft_s.p99",
+    "reuse": "reuse", "reuse_ci_low": "ci.reuse.0", "reuse_ci_high": "ci.reuse.1",
+    "ttft_p50_s": "ttft_s.p50", "ttft_p99_s": "ttft_s.p99",
     "no_reuse_ttft_p50_s": "no_reuse_ttft_s.p50", "no_reuse_ttft_p99_s": "no_reuse_ttft_s.p99",
+    "queue_p50_s": "queue_s.p50", "queue_p99_s": "queue_s.p99",
+    "e2e_p50_s": "e2e_s.p50", "e2e_p99_s": "e2e_s.p99", "saturated": "saturation.saturated",
+    "served_output_tokens_per_s": "served_output_tokens_per_s",
+    "served_total_tokens_per_s": "served_total_tokens_per_s",
     "gpu_s": "gpu_s", "gpu_utilisation": "gpu_utilisation",
     "self_hosted_provisioned_usd_per_session": "self_hosted_provisioned_usd_per_session",
     "no_reuse_self_hosted_provisioned_usd_per_session": "no_reuse_self_hosted_provisioned_usd_per_session",
     "self_hosted_busy_usd_per_session": "self_hosted_busy_usd_per_session",
     "no_reuse_self_hosted_busy_usd_per_session": "no_reuse_self_hosted_busy_usd_per_session",
     "api_usd_per_session": "api_usd_per_session",
+    "api_usd_per_session_p50": "api_usd_per_session_dist.p50",
+    "api_usd_per_session_p90": "api_usd_per_session_dist.p90",
+    "api_usd_per_session_ci_low": "ci.api_usd_per_session.0",
+    "api_usd_per_session_ci_high": "ci.api_usd_per_session.1",
     "no_reuse_api_usd_per_session": "no_reuse_api_usd_per_session",
+    "api_usd": "api_usd", "reported_api_usd": "reported_api_usd",
     "calls": "calls", "sessions": "sessions",
 }
 
+# The HTML table's column names (CSV and Parquet keep the names above, for code) and units:
+# "%" a share, "s" seconds (shown in ms below 1 s), "$" dollars, "" a count or rate. Confidence
+# intervals are at the level of load.bootstrap.level (95% by default).
+HUMAN = {
+    "run": ("run folder", "text"), "label": ("run", "text"), "trace": ("trace", "text"),
+    "engine": ("engine", "text"), "model": ("model", "text"), "hardware": ("hardware", "text"),
+    "cache": ("cache", "text"), "pricing": ("pricing", "text"),
+    "reuse": ("reuse (token-weighted)", "%"), "reuse_ci_low": ("reuse, bootstrap CI low", "%"),
+    "reuse_ci_high": ("reuse, bootstrap CI high", "%"),
+    "ttft_p50_s": ("TTFT p50", "s"), "ttft_p99_s": ("TTFT p99", "s"),
+    "no_reuse_ttft_p50_s": ("TTFT p50 without reuse", "s"),
+    "no_reuse_ttft_p99_s": ("TTFT p99 without reuse", "s"),
+    "queue_p50_s": ("queue time p50", "s"), "queue_p99_s": ("queue time p99", "s"),
+    "e2e_p50_s": ("end-to-end p50", "s"), "e2e_p99_s": ("end-to-end p99", "s"),
+    "saturated": ("saturated (queue grew)", "text"),
+    "served_output_tokens_per_s": ("served output tokens/s", ""),
+    "served_total_tokens_per_s": ("served tokens/s (input + output)", ""),
+    "gpu_s": ("busy GPU-seconds", ""), "gpu_utilisation": ("GPU utilisation", "%"),
+    "self_hosted_provisioned_usd_per_session": ("self-hosted $/session (provisioned)", "$"),
+    "no_reuse_self_hosted_provisioned_usd_per_session":
+        ("self-hosted $/session without reuse (provisioned)", "$"),
+    "self_hosted_busy_usd_per_session": ("self-hosted $/session (busy GPU-s)", "$"),
+    "no_reuse_self_hosted_busy_usd_per_session": ("self-hosted $/session without reuse (busy GPU-s)", "$"),
+    "api_usd_per_session": ("API $/session (mean)", "$"),
+    "api_usd_per_session_p50": ("API $/session p50", "$"),
+    "api_usd_per_session_p90": ("API $/session p90", "$"),
+    "api_usd_per_session_ci_low": ("API $/session, bootstrap CI low", "$"),
+    "api_usd_per_session_ci_high": ("API $/session, bootstrap CI high", "$"),
+    "no_reuse_api_usd_per_session": ("API $/session without cache", "$"),
+    "api_usd": ("API bill (simulated)", "$"), "reported_api_usd": ("API bill (as recorded)", "$"),
+    "calls": ("calls", ""), "sessions": ("sessions", ""),
+}
+
+
+def human_column(name: str) -> tuple[str, str]:
+    """The HTML header and unit of a comparison column (per-tier reuse columns included)."""
+    if name in HUMAN:
+        return HUMAN[name]
+    if name.startswith("reuse_"):
+        return f"reuse from {name.removeprefix('reuse_')}", "%"
+    return name.replace("_", " "), ""
+
+
+def human_value(v: Any, unit: str) -> str:
+    """A readable cell: 98.6%, 28.2 ms, 2.17 s, $4.62, 7,396.7, yes/no; empty for None."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if unit == "text":
+        return str(v)
+    return human(v, unit)
+
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run folders (holding summary.json) given directly or inside sweep folders."""
+    """Run folders (holding summary.json) given directly or inside sweep folders. A failed or
+    unfinished run (no summary.json) is skipped with a note on stderr."""
     runs: list[Path] = []
     for p in paths:
         if not p.exists():
             raise click.ClickException(f"{p}: no such folder")
         if (p / "summary.json").exists():
             runs.append(p)
-        else:
-            found = runs_in(p)
-            if not found:
-                raise click.ClickException(f"{p}: neither a run folder (summary.json) nor a sweep folder")
-            runs.extend(found)
+            continue
+        if (p / FAILED).exists() or (p / ".hydra").exists():
+            _skip(p)
+            continue
+        found, failed = runs_in(p), failed_in(p)
+        for run in failed:
+            _skip(run)
+        if not found and not failed:
+            raise click.ClickException(f"{p}: neither a run folder (summary.json) nor a sweep folder")
+        runs.extend(found)
+    if not runs:
+        raise click.ClickException("no finished run to report (every run given failed or is unfinished)")
     return runs
+
+
+def _skip(run: Path) -> None:
+    reason = f"failed: {failure_of(run)}" if (run / FAILED).exists() else \
+        "no summary.json (unfinished, or killed before its end)"
+    click.echo(f"note: skipped {run}: {reason}", err=True)
 
 
 def label_of(run: Path) -> str:
@@ -62,7 +141,9 @@ def table(runs: list[Path]) -> pl.DataFrame:
             row[f"reuse_{reuse_tier}"] = share
         row.update({k: dotted_get(summary, v) for k, v in COLUMNS.items()})
         rows.append(row)
-    return pl.DataFrame(rows, infer_schema_length=None)
+    frame = pl.DataFrame(rows, infer_schema_length=None)
+    # a figure no run has (the reported bill of generated traces) is a float column, not Null
+    return frame.with_columns(pl.col(pl.Null).cast(pl.Float64))
 
 
 def comparison_plots(frame: pl.DataFrame, out: Path) -> list[Path]:
@@ -94,10 +175,7 @@ def comparison_plots(frame: pl.DataFrame, out: Path) -> list[Path]:
             ax.legend(fontsize=8)
         if name == "ttft.png":
             ax.set_yscale("log")
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=DPI)
-        plt.close(fig)
-        written.append(out / name)
+        written.append(save_figure(fig, out / name))
     return written
 
 
@@ -108,9 +186,12 @@ def _img(path: Path) -> str:
 
 def html_report(frame: pl.DataFrame, plots: list[Path], runs: list[Path], out: Path) -> Path:
     """One HTML file that opens with no server: images inlined as base64."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
-                   for row in frame.iter_rows())
+    columns = [c for c in frame.columns if c != "run"]  # the label names the run; the path is in the CSV
+    human_columns = [human_column(c) for c in columns]
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in human_columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(human_value(v, unit))}</td>"
+                                    for v, (_, unit) in zip(row, human_columns, strict=True)) + "</tr>"
+                   for row in frame.select(columns).iter_rows())
     sections = [f"<h2>Comparison</h2><table><tr>{head}</tr>{body}</table>",
                 "<h2>Across runs</h2>" + "".join(_img(p) for p in plots)]
     for run in runs:
@@ -121,23 +202,15 @@ def html_report(frame: pl.DataFrame, plots: list[Path], runs: list[Path], out: P
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
             "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:48%;margin:4px}</style></head>"
             f"<body><h1>agent-replay report</h1>{''.join(sections)}</body></html>")
-    path = out / "report.html"
-    path.write_text(page)
-    return path
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
+    return write_text(out / "report.html", page)
 
 
 def build(paths: list[Path], out: Path) -> dict[str, Path]:
     runs = find_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
     frame = table(runs)
-    frame.write_csv(out / "comparison.csv")
-    frame.write_parquet(out / "comparison.parquet")
+    write_atomic(out / "comparison.csv", frame.write_csv)
+    write_atomic(out / "comparison.parquet", frame.write_parquet)
     plots = comparison_plots(frame, out)
     page = html_report(frame, plots, runs, out)
     return {"csv": out / "comparison.csv", "parquet": out / "comparison.parquet", "html": page,

@@ -12,6 +12,7 @@ import gc
 import heapq
 import itertools
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,7 +149,10 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     expect = getattr(engine, "expect", None)
     in_flight: dict[str, tuple[int, Request]] = {}
     result = ReplayResult()
-    bar = tqdm(total=min(n, limit), unit="call", desc="replay", disable=not opts.progress or None)
+    # shown off a terminal too (a log, nohup, CI), there every 10 s: a slow engine is seen moving
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=min(n, limit), unit="call", desc="replay", disable=not opts.progress,
+               mininterval=0.1 if interactive else 10.0, ncols=None if interactive else 80)
     gc.freeze()  # the calls table lives through the loop: keep the collector from rescanning it
     try:
         while True:

@@ -15,7 +15,9 @@ from typing import Any
 
 import polars as pl
 
+from replay.atomic import write_text
 from replay.cost import SelfHostedPricing, span_s
+from replay.load import saturation_warning
 
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 
@@ -108,8 +110,6 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHo
         "queue_s": _pct(df["queue_s"]),
         "span_s": span,
         "no_reuse_span_s": base["span_s"],
-        "throughput_calls_per_s": calls / span if span > 0 else None,
-        "throughput_output_tokens_per_s": output_tokens / span if span > 0 else None,
         "gpus": gpus,
         "gpu_s": me["gpu_s"],
         "no_reuse_gpu_s": base["gpu_s"],
@@ -139,7 +139,7 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHo
 
 
 def write_summary(summary: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    write_text(path, json.dumps(summary, indent=2, sort_keys=False) + "\n")
 
 
 def _f(v: Any, unit: str = "") -> str:
@@ -151,8 +151,8 @@ def _f(v: Any, unit: str = "") -> str:
         return f"${v:,.4f}" if abs(v) < 1 else f"${v:,.2f}"
     if unit == "s":
         return f"{v * 1000:.1f} ms" if abs(v) < 1 else f"{v:,.2f} s"
-    if isinstance(v, float):
-        return f"{v:,.1f}"
+    if isinstance(v, float):  # small figures (a throughput of 0.04 tokens/s) keep 3 digits
+        return f"{v:,.1f}" if abs(v) >= 10 or v == 0 else f"{v:.3g}"
     return f"{v:,}"
 
 
@@ -171,6 +171,9 @@ def table(summary: dict[str, Any]) -> str:
 
     rows.append(("calls / sessions", f"{s['calls']:,} / {s['sessions']:,}", "", ""))
     rows.append(("reuse (token-weighted)", _f(s["reuse"], "%"), "0.0%", ""))
+    ci = (s.get("ci") or {}).get("reuse")
+    if ci:
+        rows.append((f"  {_level(s)} CI over sessions", f"{_f(ci[0], '%')} - {_f(ci[1], '%')}", "", ""))
     for tier, share in s["reuse_by_tier"].items():
         rows.append((f"  from {tier}", _f(share, "%"), "", ""))
     line("prefilled tokens", "prefilled_tokens")
@@ -180,7 +183,7 @@ def table(summary: dict[str, Any]) -> str:
     for p in ("p50", "p99"):
         a, b = s["tpot_s"][p], s["no_reuse_tpot_s"][p]
         rows.append((f"TPOT {p}", _f(a, "s"), _f(b, "s"), ""))
-    rows.append(("throughput (output tok/s)", _f(s["throughput_output_tokens_per_s"]), "", ""))
+    _load_rows(s, rows, line)
     line("span (first send to last finish)", "span_s", "s", saving="")
     line("GPU-seconds (busy)", "gpu_s", saving="gpu_s_saving")
     line(f"GPU-seconds (provisioned, {s['gpus']} GPUs)", "provisioned_gpu_s")
@@ -189,10 +192,13 @@ def table(summary: dict[str, Any]) -> str:
          saving="self_hosted_provisioned_saving")
     line("self-hosted $ / session (busy GPU-s only)", "self_hosted_busy_usd_per_session", "$",
          saving="self_hosted_busy_saving")
+    _spread_rows(s, rows, "self_hosted_busy_usd_per_session", "  busy $ / session")
     line("self-hosted $ / M tokens (provisioned)", "self_hosted_provisioned_usd_per_mtok", "$")
     line("self-hosted $ / M tokens (busy GPU-s only)", "self_hosted_busy_usd_per_mtok", "$")
     line("API $ / session", "api_usd_per_session", "$", saving="api_saving")
+    _spread_rows(s, rows, "api_usd_per_session", "  API $ / session")
     line("API bill", "api_usd", "$", saving="")
+    _reported_rows(s, rows)
     simulated = s.get("baseline") == "simulate"
     header = ("", "with reuse", "no reuse (simulated)" if simulated else "no reuse (off)", "saving")
     lines = [header, *rows]
@@ -202,4 +208,46 @@ def table(summary: dict[str, Any]) -> str:
         out.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)))
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    warning = saturation_warning(s)
+    return "\n".join(out + ([warning] if warning else []))
+
+
+def _level(s: dict[str, Any]) -> str:
+    return f"{100 * s['ci']['level']:g}%"
+
+
+def _load_rows(s: dict[str, Any], rows: list[tuple[str, str, str, str]], line: Any) -> None:
+    """Queue time, end-to-end latency and served throughput (replay/load.py's figures)."""
+    queue = s.get("queue_s") or {}
+    for p in ("p50", "p99"):
+        rows.append((f"queue time {p} (send to start)", _f(queue.get(p), "s"), "", ""))
+    if "e2e_s" not in s:
+        return
+    for p in ("p50", "p99"):
+        a, b = s["e2e_s"][p], (s.get("no_reuse_e2e_s") or {}).get(p)
+        rows.append((f"end-to-end {p} (send to last token)", _f(a, "s"), _f(b, "s"),
+                     _f(1 - a / b, "%") if a is not None and b else "-"))
+    line("served output tokens/s (over the span)", "served_output_tokens_per_s", saving="")
+    line("served tokens/s, input + output", "served_total_tokens_per_s", saving="")
+
+
+def _spread_rows(s: dict[str, Any], rows: list[tuple[str, str, str, str]], key: str, label: str) -> None:
+    """p50/p90 over sessions and the bootstrap interval of the mean of a $ per session."""
+    dist, base = s.get(f"{key}_dist"), s.get(f"no_reuse_{key}_dist") or {}
+    if dist:
+        for p in ("p50", "p90"):
+            rows.append((f"{label} {p}", _f(dist[p], "$"), _f(base.get(p), "$"), ""))
+    ci = (s.get("ci") or {}).get(key)
+    if ci:
+        rows.append((f"{label}, mean: {_level(s)} CI", f"{_f(ci[0], '$')} - {_f(ci[1], '$')}", "", ""))
+
+
+def _reported_rows(s: dict[str, Any], rows: list[tuple[str, str, str, str]]) -> None:
+    """A recorded trace's own bill (its reported usage at the pricing's rates) beside ours."""
+    if "reported_api_usd" not in s:
+        return
+    rows.append(("API bill of calls with recorded usage", _f(s["simulated_api_usd_where_reported"], "$"),
+                 "", ""))
+    rows.append(("  as recorded (reported usage)", _f(s["reported_api_usd"], "$"), "", ""))
+    cached = f"{s['simulated_cached_tokens_where_reported']:,} / {s['reported_cached_tokens']:,}"
+    rows.append(("  cache-read tokens simulated / reported", cached, "", ""))

@@ -284,3 +284,20 @@ def test_export_rejects_a_block_size_that_is_not_a_multiple(tmp_path):
                                        "--block-size", "100"])
     assert result.exit_code == 1 and "not a multiple of the trace's 512" in result.output
     assert not (tmp_path / "e.jsonl").exists()
+
+
+def test_claude_code_import_says_how_many_calls_came_from_agent_progress(tmp_path):
+    # subagent.jsonl logs its subagent inside the main transcript: 19 agent_progress lines, which
+    # stream 5 distinct (message id, request id) assistant calls (the 5 subagent rows above);
+    # short.jsonl has none.
+    out = tmp_path / "t.parquet"
+    result = CliRunner().invoke(main, ["import", "claude-code", str(DATA / "claude_code" / "subagent.jsonl"),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "5 calls from agent_progress lines" in result.output
+    assert read_meta(out).source["counts"] == {
+        "calls from agent_progress lines (subagents logged inside the main transcript; ccusage does not "
+        "count them)": 5}
+    result = CliRunner().invoke(main, ["import", "claude-code", str(DATA / "claude_code" / "short.jsonl"),
+                                       "--out", str(tmp_path / "s.parquet")])
+    assert "0 calls from agent_progress lines" in result.output

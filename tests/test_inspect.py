@@ -57,3 +57,29 @@ def test_expand_rebuilds_full_lists_with_output_blocks(three_calls):
     assert full["a-1"].tolist() == [1, 2, int(out_block[0]), 3]
     assert full["b-0"].tolist() == [1, 7, 2]
     assert all(v.dtype == np.uint64 for v in full.values())
+
+
+def test_aiperf_hit_rate_beside_ideal_reuse_by_hand(three_calls):
+    # AIPerf's rule, in arrival order (a-0, b-0, a-1), each prompt's blocks up to the first one no
+    # earlier prompt carried, over all its blocks; then the plain mean over requests:
+    #   a-0 [1, 2]: nothing seen -> 0/2
+    #   b-0 [1, 7, 2]: 1 seen, 7 not -> 1/3
+    #   a-1 [1, 2, o, 3]: o is a block a-0's output completed, in no earlier prompt -> 2/4
+    # mean (0 + 1/3 + 1/2) / 3 = 5/18, where the token-weighted ideal reuse (which counts o, kept
+    # from the parent's sequence, and caps at the last token) is 16/39.
+    figures = inspect(three_calls)
+    assert figures["aiperf_hit_rate_unweighted"] == pytest.approx(5 / 18)
+    assert figures["ideal_reuse"] == pytest.approx(16 / 39)
+    result = CliRunner().invoke(main, ["inspect", str(three_calls)])
+    assert "aiperf_hit_rate_unweighted 0.2778" in " ".join(result.output.split())
+
+
+def test_aiperf_hit_rate_child_at_its_parents_instant(tmp_path):
+    # a-1 is first in the file but sent at a-0's instant: it is taken after a-0. a-0 [1, 2]: 0/2;
+    # a-1 keeps 2 blocks and adds [3]: 2/3; mean 1/3. A parent missing from the file is one line.
+    path = write(tmp_path / "t.parquet", [row("a", 1, 16, [3], parent="a-0", kept=2, arrival_s=0.0),
+                                          row("a", 0, 10, [1, 2], arrival_s=0.0)])
+    assert inspect(path)["aiperf_hit_rate_unweighted"] == pytest.approx(1 / 3)
+    orphan = write(tmp_path / "o.parquet", [row("a", 1, 16, [3], parent="zz", kept=2)])
+    result = CliRunner().invoke(main, ["inspect", str(orphan)])
+    assert result.exit_code == 1 and "parent zz is not an earlier call" in result.output

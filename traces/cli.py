@@ -68,11 +68,15 @@ def generate(generator: str, overrides: tuple[str, ...], sessions: int | None, s
 @click.argument("file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 def inspect(file: str, as_json: bool) -> None:
-    """Print a trace's size, shape, timing and ideal prefix reuse.
+    """Print a trace's size, shape, timing, ideal prefix reuse and AIPerf's hit rate.
 
-    Ideal reuse: the share of input tokens whose prefix blocks were all seen earlier in the file
-    (infinite cache, prefix semantics, token-weighted; the last token is always computed).
-    Think-time percentiles cover the calls that have a parent.
+    ideal_reuse: the share of input tokens whose prefix blocks were all seen earlier in arrival
+    order (infinite cache, prefix semantics, token-weighted; the last token is always computed;
+    blocks a parent's output completed count as seen by its children).
+    aiperf_hit_rate_unweighted: what `aiperf analyze-trace` prints as cache hit rate for the
+    exported hash_ids: per request, the share of its prompt blocks before the first one no
+    earlier prompt carried; the plain mean over requests (a short call weighs as much as a long
+    one). Think-time percentiles cover the calls that have a parent.
     """
     from traces.stats import inspect as compute
 

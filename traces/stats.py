@@ -7,6 +7,7 @@ from typing import Any
 
 import polars as pl
 
+from traces.errors import TraceError
 from traces.io import check_schema, reading, scan
 
 
@@ -50,6 +51,57 @@ def ideal_reuse_frame(lf: pl.LazyFrame, block_size: int) -> pl.LazyFrame:
                 pl.col("reused_tokens").cast(pl.Int64))
         .sort("row")
     )
+
+
+def aiperf_hit_rate(lf: pl.LazyFrame, block_size: int) -> float:
+    """The cache hit rate AIPerf's ``aiperf analyze-trace`` prints for this trace's hash_ids (as
+    ``traces export mooncake --block-size <the trace's>`` writes them), computed as AIPerf's
+    PrefixAnalyzer does: requests in arrival order (ties: file order); a request's rate is the
+    number of its prompt blocks before the first one no earlier prompt carried, over all its
+    prompt blocks (the last, partial one included); the figure is the unweighted mean over
+    requests with at least one block (a child sent at its parent's instant but earlier in the
+    file is taken after it, as its blocks need the parent's). Unlike ideal reuse it weighs a
+    100-token call as much as a 100k-token one, counts the last block, and counts as seen only
+    blocks of earlier prompts, not the output blocks a parent completed.
+
+    Chained hashes make "seen" monotone along a prompt (a seen block means its whole prefix
+    was seen), so the seen prefix is found by bisection and only unseen blocks are added.
+    """
+    from traces.expand import CallExpander
+
+    calls = (lf.with_row_index("row").sort("arrival_s", "row", maintain_order=True)
+               .select("request_id", "parent_id", "kept_blocks", "new_block_hashes", "arrival_s", "turn",
+                       "row", pl.col("input_tokens", "output_tokens").cast(pl.Int64))
+               .collect())
+    position = calls.select(parent_id="request_id", parent_pos=pl.int_range(pl.len()))
+    late = (calls.with_row_index("pos").join(position, on="parent_id")
+                 .filter(pl.col("parent_pos") > pl.col("pos")))
+    if late.height:  # a child sent at the same instant as its parent but earlier in the file
+        calls = calls.sort("arrival_s", "turn", "row", maintain_order=True)
+    expander = CallExpander(calls, block_size)
+    seen: set[int] = set()
+    total, counted = 0.0, 0
+    rows = calls.select("request_id", "parent_id", "kept_blocks", "input_tokens", "output_tokens")
+    for i, (rid, parent, kept, inp, out) in enumerate(rows.iter_rows()):
+        try:
+            blocks, _ = expander.expand(i, rid, parent, kept, inp, out)
+        except KeyError:
+            raise TraceError(f"request {rid}: parent {parent} is not an earlier call of the file "
+                             "(traces validate lists every problem)") from None
+        n = len(blocks)
+        if n == 0:
+            continue
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if int(blocks[mid]) in seen:
+                lo = mid + 1
+            else:
+                hi = mid
+        total += lo / n
+        counted += 1
+        seen.update(blocks[lo:].tolist())
+    return total / counted if counted else 0.0
 
 
 def _quantiles(col: str, qs: dict[str, float], frame: pl.DataFrame) -> dict[str, float | None]:
@@ -104,4 +156,5 @@ def _figures(path: str | os.PathLike, block_size: int, source: dict[str, Any],
         "think_s": _quantiles("think_s", p, df.filter(pl.col("parent_id").is_not_null())),
         "ideal_reuse": float(reuse["reused_tokens"].sum() / total_input) if total_input else 0.0,
         "ideal_reuse_by_workload": dict(by_workload.iter_rows()),
+        "aiperf_hit_rate_unweighted": aiperf_hit_rate(lf, block_size),
     }

@@ -89,6 +89,9 @@ def parse(paths: list[str], block_size: int, problems: Problems) -> list[Call]:
                 _line(line, file_agent, calls, compactions, problems)
             except Skip as exc:
                 problems.add(str(path), number, str(exc))
+    progress = sum(1 for c in calls.values() if c["progress"])
+    problems.tell("calls from agent_progress lines (subagents logged inside the main transcript; "
+                  "ccusage does not count them)", progress)
     chains: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for call in calls.values():
         chains.setdefault((call["session"], call["agent"]), []).append(call)
@@ -152,7 +155,8 @@ def _line(line: dict[str, Any], file_agent: str | None, calls: dict, compactions
     total = sum(call["counts"].values())
     have = calls.get(key)
     if have is None:
-        calls[key] = {**call, "session": session, "agent": agent, "first": t, "last": t, "total": total}
+        calls[key] = {**call, "session": session, "agent": agent, "first": t, "last": t, "total": total,
+                      "progress": kind == "progress"}
         return
     have["first"], have["last"] = min(have["first"], t), max(have["last"], t)
     if total > have["total"]:

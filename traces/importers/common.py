@@ -54,6 +54,7 @@ class Problems:
     skipped: int = 0
     examples: list[str] = field(default_factory=list)
     counted: dict[str, int] = field(default_factory=dict)
+    facts: dict[str, int] = field(default_factory=dict)  # kept on purpose, worth saying (not errors)
 
     def add(self, file: str, line: int | None, reason: str) -> None:
         where = f"{file}:{line}" if line is not None else file
@@ -77,10 +78,15 @@ class Problems:
         """Count lines dropped on purpose (not errors), e.g. API-error lines."""
         self.counted[what] = self.counted.get(what, 0) + 1
 
+    def tell(self, what: str, n: int) -> None:
+        """A count of something kept that a user comparing with another tool should know."""
+        self.facts[what] = n
+
     def report(self) -> str:
         lines = [f"skipped {self.skipped} bad line(s)"] if self.skipped else []
         lines += [f"  {e}" for e in self.examples]
         lines += [f"dropped {n} {what}" for what, n in sorted(self.counted.items())]
+        lines += [f"{n} {what}" for what, n in sorted(self.facts.items())]
         return "\n".join(lines)
 
 
@@ -218,7 +224,8 @@ def write_trace(out: str | os.PathLike, calls: list[Call], block_size: int, work
     for c in sorted(calls, key=lambda c: c.arrival_s):
         sessions.setdefault(c.session_id, []).append(c)
     meta = TraceMeta(block_size=block_size, source={
-        **source, "skipped_lines": problems.skipped, "dropped": dict(problems.counted)})
+        **source, "skipped_lines": problems.skipped, "dropped": dict(problems.counted),
+        **({"counts": dict(problems.facts)} if problems.facts else {})})
     t0 = min(c.arrival_s for c in calls)
     with TraceWriter(out, meta, check=_valid) as writer:
         for session in sessions.values():

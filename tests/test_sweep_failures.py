@@ -1,0 +1,91 @@
+"""A sweep with a failing job: the job is recorded as failed with its reason, the later jobs
+still run, the comparison table marks it and the sweep exits 1; replay-report skips it with a
+note. A bare `replay --help` answers without loading Hydra or polars. Ctrl-C during a replay
+keeps what finished and exits 130."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+from click.testing import CliRunner
+
+from replay.report import main as report_main
+
+BIN = Path(sys.executable).parent
+
+
+def cli(name, *args, cwd):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_a_failing_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    result = cli("replay", "-m", "trace.sessions=2", "replay.mode=open,sideways,closed", "plots=false",
+                 "replay.progress=false", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "error: replay.mode must be one of open, closed, got 'sideways'" in result.stderr
+    assert "error: 1 of 3 jobs failed" in result.stderr
+    sweep = next(tmp_path.glob("multirun/*/*"))
+    table = pl.read_csv(sweep / "comparison.csv")
+    assert table["run"].to_list() == [0, 1, 2]
+    assert table["status"].to_list() == [
+        "ok", "failed: replay.mode must be one of open, closed, got 'sideways'", "ok"]
+    assert table["reuse"][1] is None and table["reuse"][2] > 0  # the job after the failure ran
+    assert (sweep / "2" / "summary.json").exists() and (sweep / "1" / "failed.json").exists()
+    assert "failed: replay.mode must be one of" in (sweep / "comparison.md").read_text()
+
+    report = CliRunner().invoke(report_main, [str(sweep), str(sweep / "1"), "--out", str(tmp_path / "r")])
+    assert report.exit_code == 0, report.output
+    assert f"note: skipped {sweep / '1'}: failed: replay.mode must be one of" in report.output
+    assert pl.read_csv(tmp_path / "r" / "comparison.csv").height == 2
+
+
+def test_report_of_only_failed_runs_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)  # a run killed before it wrote its summary
+    result = CliRunner().invoke(report_main, [str(run), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "skipped" in result.output and "no finished run to report" in result.output
+
+
+def test_bare_help_loads_neither_hydra_nor_polars(tmp_path):
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "replay.cli", "--help"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert not {"hydra", "polars", "pyarrow", "numpy", "engines"} & imported
+    conf = Path(__file__).parents[1] / "conf"
+    for group in ("cache", "engine", "hardware", "model", "pricing", "trace"):
+        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        line = next(ln for ln in result.stdout.splitlines() if ln.startswith(f"{group}: "))
+        assert [o.strip("[]") for o in line.split(": ", 1)[1].split(", ")] == options
+    assert "engine: [analytic]," in result.stdout and "load:" in result.stdout
+
+
+def test_ctrl_c_during_a_replay_keeps_what_finished_and_exits_130(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.Popen([str(BIN / "replay"), "engine=offload", "trace.sessions=60", "plots=false"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = ""
+    while "replay:" not in seen:  # the progress bar (shown off a terminal too): the loop has begun
+        char = proc.stderr.read(1)
+        assert char, proc.communicate()
+        seen += char
+    time.sleep(1.0)  # some calls finish
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    err = seen + err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "[interrupted: partial results]" in out
+    run_dir = next(tmp_path.glob("outputs/*/*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["interrupted"] and summary["baseline"] == "off"  # no second simulation after Ctrl-C
+    assert pl.read_parquet(run_dir / "requests.parquet").height == summary["calls"] <= summary["calls_sent"]
+    assert summary["calls"] < pl.read_parquet(run_dir / "trace.parquet").height  # stopped early
