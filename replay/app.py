@@ -24,6 +24,7 @@ from engines.specs import ConfigError
 from replay.api_cache import ApiPricing, ModelPrices
 from replay.billing import Biller
 from replay.cost import SelfHostedPricing
+from replay.goodput import Slo
 from replay.metrics import RequestsWriter, assemble, baseline_frame
 from replay.runner import ReplayOptions, ReplayResult, replay
 from replay.summary import summarize, table, write_summary
@@ -141,6 +142,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         hardware=cfg.hardware.name, cache=cfg.cache.name, pricing=cfg.pricing.api.model,
         tp=int(cfg.parallel.tp), instances=int(cfg.instances), mode=opts.mode,
         interrupted=result.interrupted, calls_sent=result.sent, engine_stats=result.engine_stats,
+        slo=Slo.from_cfg(cfg.get("slo")),
     )
     write_summary(summary, run_dir / "summary.json")
     if cfg.get("plots", True):
