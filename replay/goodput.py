@@ -95,7 +95,7 @@ def goodput(df: pl.DataFrame, slo: Slo) -> dict[str, Any]:
     """The SLO figures of a run's requests table (one row per finished call)."""
     start, end = window(df, slo)
     m = measured(df, slo)
-    sessions = m.group_by("session_id").agg(pl.col("slo_met").all(), pl.col("arrival_s").min())
+    sessions = m.group_by("session_id").agg(pl.col("slo_met").all())
     ttft = _quantile(m["ttft_s"], slo.percentile)
     tpot = _quantile(m.filter(pl.col("output_tokens") > 1)["tpot_s"], slo.percentile)
     failed = []
@@ -106,7 +106,9 @@ def goodput(df: pl.DataFrame, slo: Slo) -> dict[str, Any]:
     if slo.tpot_s is not None and tpot is not None and tpot > slo.tpot_s:
         failed.append("tpot")
     length = end - start
-    started = sessions.filter(pl.col("arrival_s") >= start)  # sessions that began in the window
+    first = df.group_by("session_id").agg(pl.col("arrival_s").min().alias("first_s"))
+    started = sessions.join(first, on="session_id").filter(  # sessions that began in the window
+        pl.col("first_s").is_between(start, end))
     per_s = (lambda x: x / length) if length > 0 else (lambda x: None)  # noqa: E731
     return {
         "ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s, "percentile": slo.percentile,

@@ -69,8 +69,19 @@ def load_plan(name_or_path: str) -> DictConfig:
         raise ConfigError(f"plan {path}: {str(exc).splitlines()[0]}") from None
 
 
+_COMPOSED: dict[tuple[str, ...], DictConfig] = {}
+
+
 def compose(overrides: list[str]) -> DictConfig:
-    """The `replay` config with ``overrides``, as the command line would make it."""
+    """The `replay` config with ``overrides``, as the command line would make it (remembered:
+    Hydra's compose costs more than a small replay)."""
+    key = tuple(overrides)
+    if key not in _COMPOSED:
+        _COMPOSED[key] = _compose(list(overrides))
+    return _COMPOSED[key].copy()
+
+
+def _compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -184,11 +195,11 @@ class Probe:
     summary: dict[str, Any]
 
 
-def probe(base: list[str], pool: Pool, search: Search, rate: float, run_dir: Path) -> Probe:
-    """Replay the pool's first sessions at ``rate`` sessions/s per instance; did it meet the SLO?"""
+def probe(cfg: DictConfig, pool: Pool, search: Search, rate: float, run_dir: Path) -> Probe:
+    """Replay the pool's first sessions at ``rate`` sessions/s per instance on the candidate
+    ``cfg`` (composed once: Hydra's compose costs more than a small replay); did it meet the SLO?"""
     from replay.app import run
 
-    cfg = compose(base)
     instances = int(cfg.instances)
     duration = search.duration_s or search.lifetimes * pool.mean_session_s
     k = max(1, math.ceil(rate * instances * duration))
@@ -196,9 +207,9 @@ def probe(base: list[str], pool: Pool, search: Search, rate: float, run_dir: Pat
         raise ConfigError(f"rate {rate:.4g}/s per instance needs {k} sessions over {duration:.0f} s; the "
                           f"pool has {len(pool.order)}: raise workload.pool_sessions or lower max_rate_per_s")
     run_dir.mkdir(parents=True, exist_ok=True)
-    trace = pool.subset(k, run_dir / "trace.parquet")
-    cfg = compose([*base, "trace=file", f"trace.path={trace}",
-                   f"replay.session_rate_per_s={rate * instances!r}"])
+    cfg = cfg.copy()
+    cfg.trace.path = str(pool.subset(k, run_dir / "trace.parquet"))
+    cfg.replay.session_rate_per_s = rate * instances
     OmegaConf.save(cfg, run_dir / "config.yaml")
     summary = run(cfg, run_dir)
     return Probe(rate, bool(summary["goodput"]["met"]), run_dir, summary)
@@ -265,14 +276,19 @@ def limiter(fail: Probe, low: Probe, slo: Slo) -> str:
     return name
 
 
+def candidate_cfg(plan_base: list[str], overrides: list[str]) -> DictConfig:
+    """A candidate's replay config; each probe sets the trace file and the session rate."""
+    return compose([*plan_base, *FIXED, *overrides, "trace=file", "trace.path=set_per_probe"])
+
+
 def search_candidate(name: str, overrides: list[str], plan_base: list[str], pool: Pool, search: Search,
                      slo: Slo, out: Path, on_probe: Callable[[], None] | None = None) -> dict[str, Any]:
     """One candidate's search and its row of the plan table."""
-    base = [*plan_base, *FIXED, *overrides]
+    cfg = candidate_cfg(plan_base, overrides)
     probes: list[Probe] = []
 
     def test(rate: float) -> bool:
-        p = probe(base, pool, search, rate, out / f"probe{len(probes):02d}")
+        p = probe(cfg, pool, search, rate, out / f"probe{len(probes):02d}")
         probes.append(p)
         if on_probe is not None:
             on_probe()
@@ -280,7 +296,6 @@ def search_candidate(name: str, overrides: list[str], plan_base: list[str], pool
 
     t0 = time.perf_counter()
     lo, hi = bracket(test, search)
-    cfg = compose(base)
     tp, instances = int(cfg.parallel.tp), int(cfg.instances)
     row: dict[str, Any] = {
         "candidate": name, "overrides": " ".join(overrides), "hardware": cfg.hardware.name,
@@ -328,39 +343,57 @@ def plan_slo(plan: DictConfig, search: Search) -> tuple[Slo, list[str]]:
     """The SLO every probe is judged by, and the overrides that set it in the replay config."""
     items = dict(OmegaConf.to_container(plan.get("slo") or {}, resolve=True))
     items.update(warmup_fraction=search.warmup_fraction, exclude_drain=True)
-    overrides = [f"slo.{k}={'null' if v is None else v}" for k, v in items.items()]
-    slo = Slo.from_cfg(compose(overrides).slo)
-    assert slo is not None
-    return slo, overrides
+    slo = Slo.from_cfg(items)
+    if slo is None:
+        raise ConfigError("plan slo: give ttft_s and/or tpot_s")
+    return slo, [f"slo.{k}={'null' if v is None else v}" for k, v in items.items()]
+
+
+@dataclass
+class Prepared:
+    """A plan made ready to search: settings, SLO, shared overrides, candidates, session pool."""
+
+    search: Search
+    slo: Slo
+    base: list[str]
+    candidates: list[tuple[str, list[str]]]
+    pool: Pool
+
+
+def prepare(plan: DictConfig, out: Path, extra: Iterable[str] = ()) -> Prepared:
+    """Check the plan (a bad override fails now, not after other candidates ran) and build the
+    session pool."""
+    out.mkdir(parents=True, exist_ok=True)
+    search = Search.from_cfg(plan.get("search"))
+    slo, slo_overrides = plan_slo(plan, search)
+    base = [*[str(o) for o in plan.get("base") or []], *slo_overrides, *extra]
+    cands = candidates(plan)
+    for _, overrides in cands:
+        candidate_cfg(base, overrides)
+    pool = Pool.build(plan, out)
+    OmegaConf.save(plan, out / "plan.yaml")
+    return Prepared(search, slo, base, cands, pool)
 
 
 def run_plan(plan: DictConfig, out: Path, jobs: int = 1, extra: Iterable[str] = (),
              progress: bool = True) -> pl.DataFrame:
     """Search every candidate of ``plan``; write plan.parquet, plan.csv, plan.md and pareto.png
     to ``out``; return the table sorted by $ per session."""
-    out.mkdir(parents=True, exist_ok=True)
-    search = Search.from_cfg(plan.get("search"))
-    slo, slo_overrides = plan_slo(plan, search)
-    base = [*[str(o) for o in plan.get("base") or []], *slo_overrides, *extra]
-    cands = candidates(plan)
-    for _, overrides in cands:  # a bad override fails now, not after the other candidates ran
-        compose([*base, *FIXED, *overrides])
-    pool = Pool.build(plan, out)
-    OmegaConf.save(plan, out / "plan.yaml")
-    dirs = [out / f"c{i:02d}" for i in range(len(cands))]
+    p = prepare(plan, out, extra)
+    search = p.search
+    dirs = [out / f"c{i:02d}" for i in range(len(p.candidates))]
     # rough total for the bar: growing ~3 probes, bisecting from growth to 1 + precision
     per = 3 + math.ceil(math.log2(math.log(search.growth) / math.log1p(search.precision)))
-    bar = tqdm(total=per * len(cands), unit="probe", desc="plan", disable=not progress or None)
+    bar = tqdm(total=per * len(p.candidates), unit="probe", desc="plan", disable=not progress or None)
+    args = [(n, o, p.base, p.pool, search, p.slo, d) for (n, o), d in zip(p.candidates, dirs, strict=True)]
     if jobs == 1:
-        rows = [search_candidate(n, o, base, pool, search, slo, d, lambda: bar.update(1))
-                for (n, o), d in zip(cands, dirs, strict=True)]
+        rows = [search_candidate(*a, on_probe=lambda: bar.update(1)) for a in args]
     else:
         from joblib import Parallel, delayed
 
         rows = []
-        tasks = (delayed(search_candidate)(n, o, base, pool, search, slo, d)
-                 for (n, o), d in zip(cands, dirs, strict=True))
-        for row in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
+        for row in Parallel(n_jobs=jobs, return_as="generator_unordered")(
+                delayed(search_candidate)(*a) for a in args):
             rows.append(row)
             bar.update(row["probes"])
     bar.close()
@@ -369,7 +402,7 @@ def run_plan(plan: DictConfig, out: Path, jobs: int = 1, extra: Iterable[str] = 
         frame = frame.with_columns(usd_per_session=pl.lit(None, pl.Float64))
     frame = frame.sort("usd_per_session", nulls_last=True)
     frame.write_parquet(out / "plan.parquet")
-    frame.drop([c for c in frame.columns if frame[c].dtype == pl.List]).write_csv(out / "plan.csv")
+    frame.write_csv(out / "plan.csv")
     (out / "plan.md").write_text(markdown(shown(frame)) + "\n")
     pareto_plot(frame, out / "pareto.png")
     return frame
