@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -295,8 +295,11 @@ def search_candidate(name: str, overrides: list[str], plan_base: list[str], pool
         return p.met
 
     t0 = time.perf_counter()
-    lo, hi = bracket(test, search)
     tp, instances = int(cfg.parallel.tp), int(cfg.instances)
+    most = len(pool.order) / (instances * (search.duration_s or search.lifetimes * pool.mean_session_s))
+    if most < search.max_rate_per_s:  # a probe replays at most the whole pool
+        search = replace(search, max_rate_per_s=most, start_rate_per_s=min(search.start_rate_per_s, most))
+    lo, hi = bracket(test, search)
     row: dict[str, Any] = {
         "candidate": name, "overrides": " ".join(overrides), "hardware": cfg.hardware.name,
         "tp": tp, "instances": instances, "cache": cfg.cache.name,
@@ -322,7 +325,8 @@ def search_candidate(name: str, overrides: list[str], plan_base: list[str], pool
     usd = (pricing.provisioned_cost(tp * instances, 1.0 / (lo * instances), s["gpu_s"] / sessions, power_w)
            + sum(s["storage_usd_by_tier"].values()) / sessions)
     row.update(
-        status="ok" if hi is not None else f"still meets the SLO at max_rate_per_s={search.max_rate_per_s:g}",
+        status="ok" if hi is not None else (f"still meets the SLO at {search.max_rate_per_s:.4g} sessions/s "
+                                            "per instance (max_rate_per_s, or the whole pool)"),
         max_sessions_per_s_per_instance=lo,
         max_sessions_per_s_per_gpu=lo / tp,
         usd_per_session=usd,
@@ -419,6 +423,13 @@ def shown(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(cols)
 
 
+def short(candidate: str) -> str:
+    """A candidate's overrides without their group prefixes, for labels."""
+    for prefix in ("hardware=", "parallel.", "cache=", "engine="):
+        candidate = candidate.replace(prefix, "")
+    return candidate
+
+
 def pareto_plot(frame: pl.DataFrame, path: Path) -> Path:
     """$ per session against sessions/s per GPU; the Pareto front (no other candidate both
     cheaper and faster) joined by a line."""
@@ -430,13 +441,14 @@ def pareto_plot(frame: pl.DataFrame, path: Path) -> Path:
     pts = list(zip(ok["max_sessions_per_s_per_gpu"].to_list() if ok.height else [],
                    ok["usd_per_session"].to_list() if ok.height else [],
                    ok["candidate"].to_list() if ok.height else [], strict=True))
-    for x, y, label in pts:
+    for i, (x, y, label) in enumerate(pts):
         ax.scatter(x, y, s=24)
-        ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(short(label), (x, y), fontsize=6, xytext=(4, 4 - 9 * (i % 3)), textcoords="offset points")
     front = sorted((p for p in pts if not any(q[0] >= p[0] and q[1] <= p[1] and q[:2] != p[:2]
                                               for q in pts)), key=lambda p: p[0])
     if front:
-        ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=0.8, label="Pareto front")
+        ax.plot([p[0] for p in front], [p[1] for p in front], "k--o", lw=0.8, mfc="none", ms=10,
+                label="Pareto front")
         ax.legend(fontsize=8)
     ax.set_xlabel("max sessions/s per GPU meeting the SLO")
     ax.set_ylabel("provisioned $ per session at that rate")

@@ -12,7 +12,9 @@ highest rate meeting it is mu to within a few percent: the search must land ther
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -23,6 +25,7 @@ from tracekit import row, write
 from engines.specs import ConfigError
 from replay.goodput import Slo, goodput
 from replay.plan import Search, bracket, candidate_cfg, prepare, probe, run_plan
+from replay.report import build
 
 N_TOKENS = 1000
 SIMPLE_NO_PRICING = [o for o in SIMPLE if not o.startswith("pricing")]
@@ -64,6 +67,12 @@ def test_found_rate_is_the_roofline_capacity(single_calls, tmp_path):
     assert r["usd_per_mtok"] == pytest.approx(r["usd_per_session"] / ((N_TOKENS + 1) / 1e6))
     for f in ("plan.parquet", "plan.csv", "plan.md", "pareto.png"):
         assert (tmp_path / "plan" / f).exists()
+    # the figures come from runs kept on disk: the probe at the limit met the SLO, the next did not
+    limit = json.loads((Path(r["limit_run"]) / "summary.json").read_text())
+    assert limit["goodput"]["met"] and limit["goodput"]["ttft_at_percentile_s"] == r["ttft_at_limit_s"]
+    assert not json.loads((Path(r["fail_run"]) / "summary.json").read_text())["goodput"]["met"]
+    page = build([tmp_path / "plan"], tmp_path / "report")["html"].read_text()
+    assert "Capacity plan" in page and page.count("data:image/png;base64,") == 1
 
 
 def test_search_matches_a_sweep_of_rates(single_calls, tmp_path):
