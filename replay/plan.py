@@ -93,10 +93,11 @@ def _compose(overrides: list[str]) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    if not GlobalHydra.instance().is_initialized():
-        initialize_config_module("conf", version_base=None)
     try:
-        return hydra_compose("config", overrides=list(overrides))
+        if GlobalHydra.instance().is_initialized():  # inside someone's initialize block
+            return hydra_compose("config", overrides=list(overrides))
+        with initialize_config_module("conf", version_base=None):  # left as found
+            return hydra_compose("config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"overrides {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
 
