@@ -111,6 +111,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from replay.atomic import write_atomic
     from replay.billing import Biller
     from replay.cost import SelfHostedPricing
+    from replay.goodput import Slo
     from replay.load import LoadOptions, load_figures
     from replay.metrics import assemble, baseline_frame
     from replay.runner import ReplayOptions
@@ -168,6 +169,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         hardware=cfg.hardware.name, cache=cfg.cache.name, pricing=cfg.pricing.api.model,
         tp=int(cfg.parallel.tp), instances=int(cfg.instances), mode=opts.mode,
         interrupted=result.interrupted, calls_sent=result.sent, engine_stats=result.engine_stats,
+        slo=Slo.from_cfg(cfg.get("slo")),
     )
     summary.update(load_figures(requests, load, np.random.default_rng(int(cfg.seed))))
     write_summary(summary, run_dir / "summary.json")

@@ -100,9 +100,13 @@ def find_runs(paths: list[Path]) -> list[Path]:
     """Run folders (holding summary.json) given directly or inside sweep folders. A failed or
     unfinished run (no summary.json) is skipped with a note on stderr."""
     runs: list[Path] = []
+    plans = 0
     for p in paths:
         if not p.exists():
             raise click.ClickException(f"{p}: no such folder")
+        if (p / "plan.parquet").exists():  # a replay-plan folder: its own section (replay.plan)
+            plans += 1
+            continue
         if (p / "summary.json").exists():
             runs.append(p)
             continue
@@ -115,7 +119,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if not found and not failed:
             raise click.ClickException(f"{p}: neither a run folder (summary.json) nor a sweep folder")
         runs.extend(found)
-    if not runs:
+    if not runs and not plans:
         raise click.ClickException("no finished run to report (every run given failed or is unfinished)")
     return runs
 
@@ -184,16 +188,20 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
 
 
-def html_report(frame: pl.DataFrame, plots: list[Path], runs: list[Path], out: Path) -> Path:
-    """One HTML file that opens with no server: images inlined as base64."""
+def html_report(frame: pl.DataFrame, plots: list[Path], runs: list[Path], out: Path,
+                extra: list[str] | None = None) -> Path:
+    """One HTML file that opens with no server: images inlined as base64; ``extra``: sections
+    placed first (capacity plans)."""
     columns = [c for c in frame.columns if c != "run"]  # the label names the run; the path is in the CSV
     human_columns = [human_column(c) for c in columns]
     head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in human_columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(human_value(v, unit))}</td>"
                                     for v, (_, unit) in zip(row, human_columns, strict=True)) + "</tr>"
                    for row in frame.select(columns).iter_rows())
-    sections = [f"<h2>Comparison</h2><table><tr>{head}</tr>{body}</table>",
-                "<h2>Across runs</h2>" + "".join(_img(p) for p in plots)]
+    sections = list(extra or [])
+    if runs:
+        sections += [f"<h2>Comparison</h2><table><tr>{head}</tr>{body}</table>",
+                     "<h2>Across runs</h2>" + "".join(_img(p) for p in plots)]
     for run in runs:
         pictures = sorted(run.glob("*.png"))
         if pictures:
@@ -206,13 +214,16 @@ def html_report(frame: pl.DataFrame, plots: list[Path], runs: list[Path], out: P
 
 
 def build(paths: list[Path], out: Path) -> dict[str, Path]:
+    from replay.plan import html_section
+
     runs = find_runs(paths)
+    plans = [html_section(p) for p in paths if (p / "plan.parquet").exists()]
     out.mkdir(parents=True, exist_ok=True)
     frame = table(runs)
     write_atomic(out / "comparison.csv", frame.write_csv)
     write_atomic(out / "comparison.parquet", frame.write_parquet)
-    plots = comparison_plots(frame, out)
-    page = html_report(frame, plots, runs, out)
+    plots = comparison_plots(frame, out) if runs else []
+    page = html_report(frame, plots, runs, out, plans)
     return {"csv": out / "comparison.csv", "parquet": out / "comparison.parquet", "html": page,
             "table": frame}
 
@@ -222,12 +233,12 @@ def build(paths: list[Path], out: Path) -> dict[str, Path]:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("report"),
               show_default=True, help="Folder for comparison.csv/.parquet, plots and report.html.")
 def main(dirs: tuple[Path, ...], out: Path) -> None:
-    """Compare replay runs: DIRS are run folders or multirun sweep folders."""
+    """Compare replay runs: DIRS are run folders, multirun sweep folders or replay-plan folders."""
     result = build(list(dirs), out)
     frame = result["table"]
-    shown = frame.select("label", *[c for c in ("reuse", "ttft_p50_s", "ttft_p99_s",
-                                                "self_hosted_provisioned_usd_per_session",
-                                                "self_hosted_busy_usd_per_session", "api_usd_per_session")])
+    shown = frame if frame.is_empty() else frame.select(
+        "label", *[c for c in ("reuse", "ttft_p50_s", "ttft_p99_s", "self_hosted_provisioned_usd_per_session",
+                               "self_hosted_busy_usd_per_session", "api_usd_per_session")])
     click.echo(markdown(shown))
     click.echo(f"\nwrote {result['csv']}, {result['parquet']} and {result['html']}")
 

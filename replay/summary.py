@@ -17,6 +17,7 @@ import polars as pl
 
 from replay.atomic import write_text
 from replay.cost import SelfHostedPricing, span_s
+from replay.goodput import Slo, goodput, goodput_rows
 from replay.load import saturation_warning
 
 PERCENTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
@@ -68,9 +69,11 @@ def _cost_figures(kind: str, me: dict[str, Any], base: dict[str, Any], sessions:
 
 def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHostedPricing, gpus: int,
               power_w: float, storage_usd: dict[str, float] | None = None,
-              no_reuse_storage_usd: dict[str, float] | None = None, **context: Any) -> dict[str, Any]:
+              no_reuse_storage_usd: dict[str, float] | None = None, slo: Slo | None = None,
+              **context: Any) -> dict[str, Any]:
     """Figures of a run from its requests table (one row per finished call); ``gpus``: the
-    deployment's instances x tp; the baseline's figures where its columns are filled."""
+    deployment's instances x tp; the baseline's figures where its columns are filled; goodput
+    against ``slo`` (replay/goodput.py) when one is given."""
     storage_usd = storage_usd or {}
     df = requests
     calls = df.height
@@ -128,6 +131,7 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHo
         "api_usd_per_session": _per(api_usd, sessions),
         "no_reuse_api_usd_per_session": _per(base_api_usd, sessions),
         "api_saving": _saving(api_usd, base_api_usd),
+        "goodput": goodput(df, slo) if slo is not None else None,
     }
     if reported.len():
         recorded = df.filter(pl.col("reported_cached_tokens").is_not_null())
@@ -199,6 +203,7 @@ def table(summary: dict[str, Any]) -> str:
     _spread_rows(s, rows, "api_usd_per_session", "  API $ / session")
     line("API bill", "api_usd", "$", saving="")
     _reported_rows(s, rows)
+    rows += goodput_rows(s.get("goodput"), _f)
     simulated = s.get("baseline") == "simulate"
     header = ("", "with reuse", "no reuse (simulated)" if simulated else "no reuse (off)", "saving")
     lines = [header, *rows]
