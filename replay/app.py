@@ -76,7 +76,7 @@ def check_prefix_reuse(cfg: DictConfig) -> None:
 
 def simulate(path: str, engine, opts: ReplayOptions, out: Path) -> ReplayResult:
     """Replay ``path`` through ``engine``, streaming the engine's rows to ``out`` as calls finish."""
-    writer = RequestsWriter(out, engine.tier_names)
+    writer = RequestsWriter(out, engine.tier_names, tuple(getattr(engine, "extra_columns", ())))
     try:
         return replay(path, engine, opts, None, lambda call, request, done: writer.add(request, done))
     finally:
@@ -97,6 +97,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if baseline not in BASELINES:
         raise ConfigError(f"replay.baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
     engine = build_engine(cfg, meta.block_size)
+    if getattr(engine, "real_time", False):  # a real server: nothing to simulate a baseline with
+        baseline = "off"
     if baseline == "simulate":
         check_prefix_reuse(cfg)
     api = ApiPricing.from_cfg(cfg.pricing.api)
@@ -106,13 +108,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     opts = ReplayOptions(mode=r.mode, time_scale=float(r.time_scale),
                          session_rate_per_s=r.session_rate_per_s, sample_sessions=r.sample.sessions,
                          sample_ratio=r.sample.ratio, limit=r.limit, seed=int(cfg.seed),
-                         progress=bool(r.progress))
+                         progress=bool(r.progress), shards=int(r.get("shards", 1)),
+                         shard=int(r.get("shard", 0)))
     engine_rows = run_dir / ".requests.engine.parquet"
     result = simulate(path, engine, opts, engine_rows)
     timeline = result.engine_stats.pop("timeline", None)
     if timeline:
         pl.DataFrame(timeline).write_parquet(run_dir / "timeline.parquet")
     tiers = engine.tier_names
+    extra = tuple(getattr(engine, "extra_columns", ()))
     del engine  # the baseline's engine is built next: never two in memory
     base_frame, base_storage = None, None
     if baseline == "simulate" and not result.interrupted:  # Ctrl-C: the user wants out, not a second run
@@ -131,7 +135,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "cost_usd": gpu_cost(pl.col("gpu_s"), power_w),
         "no_reuse_cost_usd": gpu_cost(pl.col("no_reuse_gpu_s"), power_w),
         "api_no_reuse_cost_usd": api.no_reuse_cost(pl.col("input_tokens"), pl.col("output_tokens")),
-    })
+    }, extra)
     engine_rows.unlink()
     summary = summarize(
         requests, tiers, self_hosted, int(cfg.parallel.tp) * int(cfg.instances), power_w,
