@@ -1,9 +1,9 @@
 """A small in-process llama.cpp-style server (aiohttp.web, in its own thread) for what a real
 server cannot be made to do on demand: a 500, a hang, a dropped stream, malformed SSE.
 
-A call's fault is chosen by its session header (``X-Session-ID``): a session id containing
-``500``, ``hang``, ``drop`` or ``badsse`` gets that fault; any other gets a normal reply after
-``ttft_s``, one token every ``tpot_s``. Every prompt received is kept in ``received``.
+A call's fault is chosen by its session header (``X-Session-ID``): session ``fault-500``,
+``fault-hang``, ``fault-drop`` or ``fault-badsse`` gets that fault; any other gets a normal reply
+after ``ttft_s``, one token every ``tpot_s``. Every prompt received is kept in ``received``.
 """
 
 from __future__ import annotations
@@ -38,14 +38,15 @@ class FakeServer:
     async def _completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         session = request.headers.get("X-Session-ID", "")
+        fault = session.removeprefix("fault-") if session.startswith("fault-") else None
         prompt = body["prompt"]
         with self._lock:
             self.received.append((session, list(prompt)))
-        if "500" in session:
+        if fault == "500":
             return web.Response(status=500, text="boom")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        if "hang" in session:
+        if fault == "hang":
             await asyncio.sleep(3600)
         if self.ttft_s:
             await asyncio.sleep(self.ttft_s)
@@ -53,12 +54,12 @@ class FakeServer:
         for i in range(n):
             if i and self.tpot_s:
                 await asyncio.sleep(self.tpot_s)
-            if "badsse" in session and i == 1:
+            if fault == "badsse" and i == 1:
                 await resp.write(b"data: {not json\n\n")
                 continue
             await resp.write(f"data: {json.dumps({'content': 'x', 'tokens': [7 + i], 'stop': False})}\n\n"
                              .encode())
-            if "drop" in session and i == 1:
+            if fault == "drop" and i == 1:
                 request.transport.close()
                 return resp
         final = {"content": "", "stop": True,
@@ -93,3 +94,24 @@ class FakeServer:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+def main() -> None:
+    """Serve until killed (benchmarks run it in its own process, off the client's GIL)."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port-file", required=True, help="the chosen port is written here")
+    parser.add_argument("--ttft", type=float, default=0.0)
+    parser.add_argument("--tpot", type=float, default=0.0)
+    args = parser.parse_args()
+    with FakeServer(ttft_s=args.ttft, tpot_s=args.tpot) as server:
+        with open(args.port_file, "w") as f:
+            f.write(str(server.port))
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

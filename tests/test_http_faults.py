@@ -14,7 +14,7 @@ from tests.replaykit import compose_cfg
 from tests.tracekit import row, write
 
 BS = 4
-FAULTS = ["ok-a", "s500", "hang", "drop", "badsse", "ok-b"]
+FAULTS = ["ok-a", "fault-500", "fault-hang", "fault-drop", "fault-badsse", "ok-b"]
 
 
 def _trace(path):
@@ -48,16 +48,16 @@ def test_faults_are_recorded_per_call_and_the_replay_goes_on(tmp_path):
             assert (r["http_status"], r["error"]) == (200, None)
             assert r["server_prompt_tokens"] == inp and r["server_output_tokens"] == out
             assert r["first_token_s"] is not None and r["finish_s"] >= r["first_token_s"]
-    assert by["s500-0"]["http_status"] == 500 and by["s500-0"]["error"] == "HTTP 500: boom"
-    assert by["hang-0"]["error"] == "timeout"
-    assert by["drop-0"]["error"].startswith("ClientPayloadError")
-    assert by["badsse-0"]["error"] == "malformed event: {not json"
-    for s in ("s500", "hang", "drop", "badsse"):
+    assert by["fault-500-0"]["http_status"] == 500 and by["fault-500-0"]["error"] == "HTTP 500: boom"
+    assert by["fault-hang-0"]["error"] == "timeout"
+    assert by["fault-drop-0"]["error"].startswith("ClientPayloadError")
+    assert by["fault-badsse-0"]["error"] == "malformed event: {not json"
+    for s in ("fault-500", "fault-hang", "fault-drop", "fault-badsse"):
         for turn in (0, 1):  # the child of a failed call is still sent (and fails the same way)
             r = by[f"{s}-{turn}"]
             assert r["server_cached_tokens"] is None and r["error"] is not None
             # 500 and hang streamed nothing; drop and badsse streamed a first token
-            assert (r["ttft_s"] is None) == (s in ("s500", "hang"))
+            assert (r["ttft_s"] is None) == (s in ("fault-500", "fault-hang"))
     stats = json.loads((tmp_path / "summary.json").read_text())["engine_stats"]["http"]
     # the 4 failed parents returned no usable output ids: their children's kept output block is drawn
     assert stats["output_ids_missing_calls"] == 4 and stats["synthetic_output_blocks"] == 4

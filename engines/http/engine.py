@@ -16,6 +16,7 @@ import asyncio
 import math
 import os
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -68,6 +69,7 @@ class HttpEngine:
                  api_key_env: str | None = None, send_ahead_s: float = 0.02,
                  degraded_p99_send_lag_s: float = 0.05, start_at: float | None = None,
                  metrics_path: str = "/metrics", metrics_counters: list[str] | None = None,
+                 gil_switch_interval_s: float | None = 0.0005,
                  trace_block_size: int = 64, **_simulator_keys: Any) -> None:
         if dialect not in DIALECTS:
             raise ConfigError(f"engine.dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
@@ -79,6 +81,7 @@ class HttpEngine:
         self.degraded_p99 = float(degraded_p99_send_lag_s)
         self.start_at = start_at
         self.counter_names = list(metrics_counters or [])
+        self.metrics_path = metrics_path
         self.headers = {}
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -89,6 +92,11 @@ class HttpEngine:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, connect=connect_timeout_s,
                                               sock_read=read_timeout_s)
         self._connections = int(connections)
+        # the runner thread and the sending loop share the GIL: Python's default 5 ms switch
+        # interval would let the runner's work hold a due send back by up to 5 ms
+        self._switch = sys.getswitchinterval()
+        if gil_switch_interval_s:
+            sys.setswitchinterval(gil_switch_interval_s)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="http-engine", daemon=True)
         self._thread.start()
@@ -132,7 +140,7 @@ class HttpEngine:
     def _counters(self) -> dict[str, float] | None:
         if not self.counter_names:
             return None
-        return self._run(read_counters(self._session, self.base_url + "/metrics", self.counter_names))
+        return self._run(read_counters(self._session, self.base_url + self.metrics_path, self.counter_names))
 
     async def _call(self, request: Request, prompt: np.ndarray, intended: float) -> None:
         delay = intended - time.monotonic()
@@ -272,3 +280,4 @@ class HttpEngine:
             asyncio.run_coroutine_threadsafe(session.close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        sys.setswitchinterval(self._switch)
