@@ -15,6 +15,7 @@ import click
 import polars as pl
 
 from replay.plots import DPI, plt
+from replay.server_compare import write_server_comparison
 from replay.sweep import dotted_get, markdown, overrides_of, runs_in
 
 COLUMNS = {
@@ -140,8 +141,9 @@ def build(paths: list[Path], out: Path) -> dict[str, Path]:
     frame.write_parquet(out / "comparison.parquet")
     plots = comparison_plots(frame, out)
     page = html_report(frame, plots, runs, out)
+    server = write_server_comparison(runs, out)  # http runs beside simulator runs of the same calls
     return {"csv": out / "comparison.csv", "parquet": out / "comparison.parquet", "html": page,
-            "table": frame}
+            "table": frame, "server_vs_simulated": server}
 
 
 @click.command()
@@ -156,6 +158,9 @@ def main(dirs: tuple[Path, ...], out: Path) -> None:
                                                 "self_hosted_provisioned_usd_per_session",
                                                 "self_hosted_busy_usd_per_session", "api_usd_per_session")])
     click.echo(markdown(shown))
+    if result["server_vs_simulated"] is not None:
+        click.echo("\nserver vs simulated (per pair; per call in server_vs_simulated.csv):")
+        click.echo(markdown(result["server_vs_simulated"]))
     click.echo(f"\nwrote {result['csv']}, {result['parquet']} and {result['html']}")
 
 

@@ -86,3 +86,23 @@ def test_an_unreachable_server_is_one_line(tmp_path):
     from engines.specs import ConfigError
     with pytest.raises(ConfigError, match="cannot read http://127.0.0.1:9/v1/models"):
         run(cfg, tmp_path)
+
+
+def test_report_puts_server_reuse_beside_simulated_reuse_per_call(tmp_path):
+    trace = _trace(tmp_path)
+    http_run, sim_run = tmp_path / "http", tmp_path / "analytic"
+    http_run.mkdir()
+    sim_run.mkdir()
+    with FakeServer(vocab=1000) as server:  # the fake computes every prompt: cache_n 0
+        run(compose_cfg([*_http(server), "trace=file", f"trace.path={trace}"]), http_run)
+    run(compose_cfg(["trace=file", f"trace.path={trace}", "plots=false", "replay.baseline=off"]), sim_run)
+    from replay.report import build
+    result = build([http_run, sim_run], tmp_path / "report")
+    calls = pl.read_csv(tmp_path / "report" / "server_vs_simulated.csv").sort("request_id")
+    # only the 4 calls without errors; the simulator reuses a child's 3 kept blocks of 4 tokens
+    assert calls["request_id"].to_list() == ["ok-a-0", "ok-a-1", "ok-b-0", "ok-b-1"]
+    assert calls["simulated_reused_tokens"].to_list() == [0, 12, 0, 12]
+    assert calls["reuse_error_tokens"].to_list() == [0, -12, 0, -12]
+    pair = result["server_vs_simulated"].row(0, named=True)
+    assert pair["server_reuse"] == 0 and pair["simulated_reuse"] == pytest.approx(24 / 48)
+    assert pair["calls_with_equal_reuse"] == 2
