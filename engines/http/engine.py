@@ -47,6 +47,13 @@ EXTRA_COLUMNS = [
 POLL_S = 0.25  # longest uninterrupted wait, so Ctrl-C is seen
 
 
+def _percentiles(values: np.ndarray) -> tuple[float | None, float | None]:
+    """p50 and p99, or None for no values."""
+    if not len(values):
+        return None, None
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
 @dataclass
 class _Done:
     request: Request
@@ -108,6 +115,7 @@ class HttpEngine:
         self._t0: float | None = None
         self._next_send = math.inf
         self._lags: list[float] = []
+        self._ttft_from_send: list[float] = []
         self._errors: Counter[str] = Counter()
         self._prompt_drift = 0
         self._no_ids = 0
@@ -229,6 +237,8 @@ class HttpEngine:
         cached = reply.cached_tokens
         computed = (reply.prompt_tokens or req.input_tokens) - (cached or 0) if out.error is None else 0
         first = out.first_token - t0 if out.first_token is not None else math.nan
+        if out.first_token is not None:
+            self._ttft_from_send.append(out.first_token - out.sent)
         return Completion(
             request_id=req.request_id, instance=0, start_s=out.sent - t0, first_token_s=first,
             finish_s=out.finished - t0, reused_tokens_by_tier={"server": cached or 0},
@@ -250,8 +260,7 @@ class HttpEngine:
         after = self._counters() if not self._closed else None
         self.close()
         lags = np.asarray(self._lags)
-        p50, p99 = (float(np.percentile(lags, 50)), float(np.percentile(lags, 99))) if len(lags) \
-            else (None, None)
+        p50, p99 = _percentiles(lags)
         metrics = None
         if self._counters_before is not None and after is not None:
             metrics = {k: after[k] - self._counters_before[k] for k in after}
@@ -260,6 +269,9 @@ class HttpEngine:
             "send_lag_p50_s": p50,
             "send_lag_p99_s": p99,
             "send_lag_max_s": float(lags.max()) if len(lags) else None,
+            # TTFT from the actual send (the summary's ttft_s is from the intended one)
+            "ttft_from_send_p50_s": _percentiles(np.asarray(self._ttft_from_send))[0],
+            "ttft_from_send_p99_s": _percentiles(np.asarray(self._ttft_from_send))[1],
             "degraded": p99 is not None and p99 > self.degraded_p99,
             "errors": dict(self._errors),
             "prompt_token_drift_calls": self._prompt_drift,
