@@ -74,7 +74,7 @@ class HttpEngine:
                  connect_timeout_s: float = 10.0, request_timeout_s: float = 600.0,
                  read_timeout_s: float = 120.0, session_header: str | None = "X-Session-ID",
                  api_key_env: str | None = None, send_ahead_s: float = 0.02,
-                 degraded_p99_send_lag_s: float = 0.05, start_at: float | None = None,
+                 degraded_p99_send_lag_s: float = 0.005, start_at: float | None = None,
                  metrics_path: str = "/metrics", metrics_counters: list[str] | None = None,
                  gil_switch_interval_s: float | None = 0.0005,
                  trace_block_size: int = 64, **_simulator_keys: Any) -> None:
@@ -133,6 +133,9 @@ class HttpEngine:
             self.close()
             raise ConfigError(f"engine.vocab_size: the server at {self.base_url} does not say its vocabulary "
                               "size; set it (the model's config.json vocab_size)")
+        if not 0 <= int(token_id_low) < int(vocab):
+            self.close()
+            raise ConfigError(f"engine.token_id_low must be in [0, vocab_size = {vocab}), got {token_id_low}")
         self.prompts = PromptBuilder(int(trace_block_size), int(vocab), int(token_id_low))
         self._counters_before = self._counters()
 
