@@ -81,6 +81,8 @@ def simulate(path: str, engine, opts: ReplayOptions, out: Path) -> ReplayResult:
         return replay(path, engine, opts, None, lambda call, request, done: writer.add(request, done))
     finally:
         writer.close()
+        if hasattr(engine, "close"):  # an engine holding connections and a thread (engine=http)
+            engine.close()
 
 
 def storage_usd(pricing: SelfHostedPricing, result: ReplayResult) -> dict[str, float]:

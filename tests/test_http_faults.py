@@ -106,3 +106,18 @@ def test_report_puts_server_reuse_beside_simulated_reuse_per_call(tmp_path):
     pair = result["server_vs_simulated"].row(0, named=True)
     assert pair["server_reuse"] == 0 and pair["simulated_reuse"] == pytest.approx(24 / 48)
     assert pair["calls_with_equal_reuse"] == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["engine.dialect=grpc"], "engine.dialect must be one of openai, vllm, trtllm, sglang, llamacpp"),
+    (["engine.token_id_low=5000"], "engine.token_id_low must be in [0, vocab_size = 1000)"),
+    (["engine.api_key_env=AGENT_REPLAY_NO_SUCH_KEY"],
+     "engine.api_key_env: environment variable AGENT_REPLAY_NO_SUCH_KEY is not set"),
+    (["replay.shards=4", "replay.shard=4"], "replay.shard must be in [0, replay.shards) = [0, 4), got 4"),
+])
+def test_bad_http_config_is_one_line(tmp_path, args, message):
+    from engines.specs import ConfigError
+    trace = _trace(tmp_path)
+    with FakeServer(vocab=1000) as server, pytest.raises(ConfigError) as err:
+        run(compose_cfg([*_http(server), "trace=file", f"trace.path={trace}", *args]), tmp_path)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
