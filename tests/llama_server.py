@@ -5,8 +5,10 @@ The binary and the model come from .ci/llama_server.sh's cache (``$AGENT_REPLAY_
 from ``AGENT_REPLAY_LLAMA_SERVER`` / ``AGENT_REPLAY_MODEL``. Absent, the tests skip with the
 command that prepares them, unless ``AGENT_REPLAY_REQUIRE_SERVER=1`` (CI), which fails instead.
 
-One slot (``-np 1``): llama.cpp keeps one prompt cache per slot, so with one slot every call
-is compared with the call the server ran just before it, which a test can work out.
+One slot (``-np 1``) and no host-memory prompt cache (``--cache-ram 0``): llama.cpp keeps the KV
+of one sequence per slot (and, with the RAM cache, saves a slot's prompt there when a call too
+unlike it takes the slot), so with one slot and no RAM cache every call is compared with the
+call the server ran just before it, which a test can work out.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def start(log: Path, extra: list[str] = ()) -> Iterator[str]:
     exe, model = server_and_model()
     port = _free_port()
     cmd = [str(exe), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", "1",
-           "-c", str(CTX), "-t", str(THREADS), "--no-webui", *extra]
+           "-c", str(CTX), "-t", str(THREADS), "--cache-ram", "0", "--no-webui", *extra]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

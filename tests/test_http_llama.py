@@ -17,7 +17,7 @@ from traces.hashing import output_blocks_after
 from traces.synth import generate, load_config
 
 BS = 16
-# a 3-session coding-agent trace shrunk to a few hundred tokens per call (286-645 with seed 0)
+# a 3-session coding-agent trace shrunk to a few hundred tokens per call
 SMALL = ["sessions=3", f"block_size={BS}", "agent_versions=1", "system_tokens=96", "tools_tokens=96",
          "project_tokens={median: 64, sigma: 0.3, min: 32, max: 128}",
          "task_tokens={median: 32, sigma: 0.5, min: 8, max: 64}", "human_prompts=[1, 2]",
@@ -27,7 +27,7 @@ SMALL = ["sessions=3", f"block_size={BS}", "agent_versions=1", "system_tokens=96
          "user_tokens={median: 24, sigma: 0.5, min: 5, max: 64}",
          "human_pause_s={median: 2, sigma: 0.5, min: 1, max: 4}",
          "tool_s={median: 1, sigma: 0.5, min: 0.2, max: 2}",
-         "subagent.probability=0", "arrival.rate_per_s=1.0"]
+         "subagent.probability=0", "arrival.rate_per_s=0.1"]
 
 
 @pytest.fixture(scope="module")
