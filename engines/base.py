@@ -50,6 +50,7 @@ class Completion:
     recomputed_tokens: int = 0  # of prefilled_tokens, those computed again after a preemption
     load_s: float = 0.0  # time spent waiting for cached KV to land from lower tiers
     preemptions: int = 0
+    extra: dict[str, Any] | None = None  # values of the engine's ``extra_columns`` (the http engine)
 
     @property
     def reused_tokens(self) -> int:

@@ -83,7 +83,7 @@ def simulate(path: str, engine, opts: ReplayOptions, out: Path,
     from replay.metrics import RequestsWriter
     from replay.runner import replay
 
-    writer = RequestsWriter(out, engine.tier_names)
+    writer = RequestsWriter(out, engine.tier_names, tuple(getattr(engine, "extra_columns", ())))
 
     def finished(call: dict[str, Any], request: Any, done: Any) -> None:
         writer.add(request, done)
@@ -94,6 +94,8 @@ def simulate(path: str, engine, opts: ReplayOptions, out: Path,
         return replay(path, engine, opts, bill.on_send if bill is not None else None, finished)
     finally:
         writer.close()
+        if hasattr(engine, "close"):  # an engine holding connections and a thread (engine=http)
+            engine.close()
 
 
 def storage_usd(pricing: SelfHostedPricing, result: ReplayResult) -> dict[str, float]:
@@ -125,6 +127,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if baseline not in BASELINES:
         raise ConfigError(f"replay.baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
     engine = build_engine(cfg, meta.block_size)
+    if getattr(engine, "real_time", False):  # a real server: nothing to simulate a baseline with
+        baseline = "off"
     if baseline == "simulate":
         check_prefix_reuse(cfg)
     api = ApiPricing.from_cfg(cfg.pricing.api)
@@ -134,7 +138,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     opts = ReplayOptions(mode=r.mode, time_scale=float(r.time_scale),
                          session_rate_per_s=r.session_rate_per_s, sample_sessions=r.sample.sessions,
                          sample_ratio=r.sample.ratio, limit=r.limit, seed=int(cfg.seed),
-                         progress=bool(r.progress))
+                         progress=bool(r.progress), shards=int(r.get("shards", 1)),
+                         shard=int(r.get("shard", 0)))
     engine_rows = run_dir / ".requests.engine.parquet"
     biller = Biller(api, ModelPrices(cfg.pricing.get("models") or {}), meta.block_size,
                     warm_start=bool(cfg.replay.get("api_warm_start", True)))
@@ -145,6 +150,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if timeline:
         write_atomic(run_dir / "timeline.parquet", pl.DataFrame(timeline).write_parquet)
     tiers = engine.tier_names
+    extra = tuple(getattr(engine, "extra_columns", ()))
     del engine  # the baseline's engine is built next: never two in memory
     base_frame, base_storage = None, None
     if baseline == "simulate" and not result.interrupted:  # Ctrl-C: the user wants out, not a second run
@@ -159,7 +165,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "cost_usd": gpu_cost(pl.col("gpu_s"), power_w),
         "no_reuse_cost_usd": gpu_cost(pl.col("no_reuse_gpu_s"), power_w),
         "api_no_reuse_cost_usd": api.no_reuse_cost(pl.col("input_tokens"), pl.col("output_tokens")),
-    })
+    }, extra)
     engine_rows.unlink()
     summary = summarize(
         requests, tiers, self_hosted, int(cfg.parallel.tp) * int(cfg.instances), power_w,

@@ -27,10 +27,14 @@ BASELINE_PREFIX = "no_reuse_"
 _WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "use_dictionary": ["session_id", "workload"]}
 
 
-def _columns(tier_names: list[str]) -> list[tuple[str, pa.DataType, str]]:
+Extra = tuple[tuple[str, str], ...]  # an engine's extra columns: (name, Arrow type alias)
+
+
+def _columns(tier_names: list[str], extra: Extra = ()) -> list[tuple[str, pa.DataType, str]]:
     """Every column in file order, with where it comes from: ENGINE (``RequestsWriter.add``, in
     this order), BASELINE (the no-reuse simulation's engine rows, renamed), BILL (the billing
-    pass) or DERIVED (expressions over the others)."""
+    pass) or DERIVED (expressions over the others). ``extra``: columns one engine adds (the
+    http engine's send lag, HTTP status, server-reported tokens), last, from its completions."""
     f64, i64, i32, s = pa.float64(), pa.int64(), pa.int32(), pa.string()
     e, b, c, d = ENGINE, BASELINE, BILL, DERIVED
     return [
@@ -50,15 +54,16 @@ def _columns(tier_names: list[str]) -> list[tuple[str, pa.DataType, str]]:
         ("api_no_reuse_cost_usd", f64, d),
         ("reported_cached_tokens", i64, c), ("reported_cache_write_tokens", i64, c),
         ("reported_api_cost_usd", f64, c),
+        *[(name, pa.type_for_alias(alias), e) for name, alias in extra],
     ]
 
 
-def requests_schema(tier_names: list[str]) -> pa.Schema:
-    return pa.schema([(name, t) for name, t, _ in _columns(tier_names)])
+def requests_schema(tier_names: list[str], extra: Extra = ()) -> pa.Schema:
+    return pa.schema([(name, t) for name, t, _ in _columns(tier_names, extra)])
 
 
-def engine_schema(tier_names: list[str]) -> pa.Schema:
-    return pa.schema([(name, t) for name, t, source in _columns(tier_names) if source == ENGINE])
+def engine_schema(tier_names: list[str], extra: Extra = ()) -> pa.Schema:
+    return pa.schema([(name, t) for name, t, source in _columns(tier_names, extra) if source == ENGINE])
 
 
 def baseline_columns(tier_names: list[str]) -> list[str]:
@@ -91,10 +96,11 @@ def derived_columns(tier_names: list[str]) -> dict[str, pl.Expr]:
 class RequestsWriter:
     """Buffers the engine's finished calls and appends them to a Parquet file in row groups."""
 
-    def __init__(self, path: str | os.PathLike, tier_names: list[str]) -> None:
+    def __init__(self, path: str | os.PathLike, tier_names: list[str], extra: Extra = ()) -> None:
         self.path = Path(path)
         self.tier_names = list(tier_names)
-        self.schema = engine_schema(self.tier_names)
+        self.extra = [name for name, _ in extra]
+        self.schema = engine_schema(self.tier_names, tuple(extra))
         self.rows: list[tuple[Any, ...]] = []
         self.count = 0
         self._writer = pq.ParquetWriter(self.path, self.schema, **_WRITE_OPTIONS)
@@ -107,7 +113,7 @@ class RequestsWriter:
             request.arrival_s, done.start_s, done.first_token_s, done.finish_s,
             request.input_tokens, request.output_tokens, *[by_tier[name] for name in self.tier_names],
             done.prefilled_tokens, done.recomputed_tokens, done.loaded_bytes, done.load_s, done.preemptions,
-            done.gpu_s,
+            done.gpu_s, *[(done.extra or {}).get(name) for name in self.extra],
         ))
         if len(self.rows) >= FLUSH_ROWS:
             self.flush()
@@ -116,7 +122,9 @@ class RequestsWriter:
         if not self.rows:
             return
         columns = list(zip(*self.rows, strict=True))
-        arrays = [pa.array(c, type=f.type) for c, f in zip(columns, self.schema, strict=True)]
+        # from_pandas: a NaN time (a failed call's first token) is stored as null
+        arrays = [pa.array(c, type=f.type, from_pandas=True)
+                  for c, f in zip(columns, self.schema, strict=True)]
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
         self.count += len(self.rows)
         self.rows.clear()
@@ -135,10 +143,10 @@ def baseline_frame(path: str | os.PathLike, tier_names: list[str]) -> pl.DataFra
 
 def assemble(engine_rows: str | os.PathLike, final: str | os.PathLike, tier_names: list[str],
              baseline: pl.DataFrame | None, bill: pl.DataFrame,
-             cost_columns: Mapping[str, pl.Expr]) -> pl.DataFrame:
+             cost_columns: Mapping[str, pl.Expr], extra: Extra = ()) -> pl.DataFrame:
     """Join the engine rows (in finish order) with the baseline (None: its columns stay null)
     and the bill by request_id, derive the rest, and write ``final`` atomically."""
-    schema = requests_schema(tier_names)
+    schema = requests_schema(tier_names, extra)
     types = {name: t for name, t, _ in _columns(tier_names)}
     frame = pl.read_parquet(engine_rows)
     if baseline is None:

@@ -16,6 +16,7 @@ import polars as pl
 
 from replay.atomic import write_atomic, write_text
 from replay.plots import plt, save_figure
+from replay.server_compare import write_server_comparison
 from replay.summary import _f as human
 from replay.sweep import FAILED, dotted_get, failed_in, failure_of, markdown, overrides_of, runs_in
 
@@ -224,8 +225,9 @@ def build(paths: list[Path], out: Path) -> dict[str, Path]:
     write_atomic(out / "comparison.parquet", frame.write_parquet)
     plots = comparison_plots(frame, out) if runs else []
     page = html_report(frame, plots, runs, out, plans)
+    server = write_server_comparison(runs, out)  # http runs beside simulator runs of the same calls
     return {"csv": out / "comparison.csv", "parquet": out / "comparison.parquet", "html": page,
-            "table": frame}
+            "table": frame, "server_vs_simulated": server}
 
 
 @click.command()
@@ -240,6 +242,9 @@ def main(dirs: tuple[Path, ...], out: Path) -> None:
         "label", *[c for c in ("reuse", "ttft_p50_s", "ttft_p99_s", "self_hosted_provisioned_usd_per_session",
                                "self_hosted_busy_usd_per_session", "api_usd_per_session")])
     click.echo(markdown(shown))
+    if result["server_vs_simulated"] is not None:
+        click.echo("\nserver vs simulated (per pair; per call in server_vs_simulated.csv):")
+        click.echo(markdown(result["server_vs_simulated"]))
     click.echo(f"\nwrote {result['csv']}, {result['parquet']} and {result['html']}")
 
 

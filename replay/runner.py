@@ -25,6 +25,7 @@ from engines.base import Completion, Engine, Request
 from engines.specs import ConfigError
 from traces.errors import TraceError
 from traces.expand import CallExpander
+from traces.hashing import string_key
 from traces.io import read_meta, scan
 
 MODES = ("open", "closed")
@@ -43,6 +44,8 @@ class ReplayOptions:
     limit: int | None = None
     seed: int = 0
     progress: bool = True
+    shards: int = 1  # replay only the sessions whose id hashes to ``shard`` (of ``shards``)
+    shard: int = 0
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -59,6 +62,9 @@ class ReplayOptions:
             raise ConfigError("replay.sample.sessions must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ConfigError("replay.limit must be >= 1")
+        if self.shards < 1 or not 0 <= self.shard < self.shards:
+            raise ConfigError(f"replay.shard must be in [0, replay.shards) = [0, {self.shards}), "
+                              f"got {self.shard}")
 
 
 def prepare_calls(path: str, opts: ReplayOptions) -> pl.DataFrame:
@@ -84,10 +90,19 @@ def prepare_calls(path: str, opts: ReplayOptions) -> pl.DataFrame:
     else:
         lf = lf.with_columns(arrival_s=start * opts.time_scale + offset)
     lf = lf.with_columns(think_s=pl.col("think_s") * opts.time_scale)
+    if opts.shards > 1:  # after the arrivals are drawn, so every shard keeps its sessions' times
+        lf = lf.filter(pl.col("session_id").map_elements(lambda s: shard_of(s, opts.shards),
+                                                         return_dtype=pl.Int64) == opts.shard)
     calls = lf.sort("arrival_s", "row").collect()
     if opts.mode == "open" and opts.limit is not None:
         calls = calls.head(opts.limit)
     return calls
+
+
+def shard_of(session_id: str, shards: int) -> int:
+    """The shard that replays a session: a stable hash of its id (never Python's seeded hash), so
+    every process agrees and parent links and think times stay inside one shard."""
+    return string_key(session_id) % shards
 
 
 def check_links(path: str, calls: pl.DataFrame) -> None:
@@ -147,6 +162,7 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     heapq.heapify(queue)
     limit = opts.limit if opts.limit is not None else math.inf
     expect = getattr(engine, "expect", None)
+    send_due = getattr(engine, "send_due", None)  # a real-time engine waits for events only until then
     in_flight: dict[str, tuple[int, Request]] = {}
     result = ReplayResult()
     # shown off a terminal too (a log, nohup, CI), there every 10 s: a slow engine is seen moving
@@ -157,6 +173,8 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     try:
         while True:
             t_send = queue[0][0] if queue and result.sent < limit else math.inf
+            if send_due is not None:
+                send_due(t_send)
             t_event = engine.next_event_time()
             t_event = math.inf if t_event is None else t_event
             if t_send == math.inf and t_event == math.inf:
