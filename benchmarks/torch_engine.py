@@ -1,7 +1,14 @@
 """Prefill and decode speed of the torch engine's model beside a plain matmul in the same run.
 
 Target on a 2-core CPU: prefill of 2k-token chunks reaches >= 40% of the matmul FLOP/s.
+On a GPU, ``--hardware NAME`` (a conf/hardware option) sets the measurements beside what the
+roofline assumes for that GPU: the model's largest GEMM as a share of the dense peak (the
+roofline's fitted GEMM efficiency), a device copy as a share of HBM bandwidth (its fitted HBM
+efficiency), and the roofline's prefill and decode times for the same shapes without CUDA graphs
+(this model runs eager: no fused kernels, no graphs, so it is expected to be slower than the
+roofline, which is fitted to vLLM and TensorRT-LLM).
 Usage: python -m benchmarks.torch_engine [--device cpu|cuda] [--layers 4] [--hidden 1024]
+                                         [--model llama3_1_8b] [--hardware h100_sxm]
 """
 
 from __future__ import annotations
@@ -11,8 +18,8 @@ import argparse
 import torch
 
 from benchmarks import common
-from engines.roofline import decode_step_flops, prefill_flops
-from engines.specs import ModelSpec
+from engines.roofline import Roofline, decode_step_flops, prefill_flops
+from engines.specs import HardwareSpec, ModelSpec
 from engines.torch_engine.engine import Timer
 from engines.torch_engine.kv_pool import KVPool
 from engines.torch_engine.model import ModelArgs, SeqSlice, Transformer
@@ -47,6 +54,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--model", help="a conf/model name instead (e.g. llama3_1_8b), cut to --layers")
+    parser.add_argument("--hardware", help="a conf/hardware name: compare with the roofline's assumptions")
     parser.add_argument("--chunk", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
@@ -97,21 +105,55 @@ def main() -> None:
             for i in range(args.batch)]
     decode_s = timed(lambda: model(step_tokens, seqs, pool.k, pool.v, bs), device, args.repeats * 3)
 
+    figures = {
+        "device": device,
+        "params_m": round(spec.params / 1e6, 1),
+        "matmul_gflop_per_s": round(matmul_flops / 1e9, 1),
+        "prefill_chunk_tokens": args.chunk,
+        "prefill_tokens_per_s": round(args.chunk / prefill_s, 1),
+        "prefill_gflop_per_s": round(prefill_flops_s / 1e9, 1),
+        "prefill_share_of_matmul": round(prefill_flops_s / matmul_flops, 3),
+        "decode_batch": args.batch,
+        "decode_context_tokens": context,
+        "decode_tokens_per_s": round(args.batch / decode_s, 1),
+        "decode_gflop_per_s": round(
+            decode_step_flops(spec, args.batch, context) / decode_s / 1e9, 2),
+    }
+    if args.hardware:
+        figures.update(against_roofline(spec, args.hardware, matmul_flops, prefill_s, decode_s, args, device))
     common.report(f"torch engine model {cfg['name']} ({spec.params / 1e6:.0f}M params) on {device}, "
-                  f"{torch.get_num_threads()} threads", {
-                      "device": device,
-                      "params_m": round(spec.params / 1e6, 1),
-                      "matmul_gflop_per_s": round(matmul_flops / 1e9, 1),
-                      "prefill_chunk_tokens": args.chunk,
-                      "prefill_tokens_per_s": round(args.chunk / prefill_s, 1),
-                      "prefill_gflop_per_s": round(prefill_flops_s / 1e9, 1),
-                      "prefill_share_of_matmul": round(prefill_flops_s / matmul_flops, 3),
-                      "decode_batch": args.batch,
-                      "decode_context_tokens": context,
-                      "decode_tokens_per_s": round(args.batch / decode_s, 1),
-                      "decode_gflop_per_s": round(
-                          decode_step_flops(spec, args.batch, context) / decode_s / 1e9, 2),
-                  })
+                  f"{torch.get_num_threads()} threads", figures)
+
+
+def against_roofline(spec: ModelSpec, hardware: str, matmul_flops: float, prefill_s: float,
+                     decode_s: float, args: argparse.Namespace, device: str) -> dict[str, float]:
+    """The measurements as shares of the peaks, beside the roofline's fitted efficiencies and its
+    eager-mode times for the same chunk and decode batch at tp=1."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    text = resources.files("conf").joinpath("hardware", f"{hardware}.yaml").read_text()
+    hw_cfg = OmegaConf.to_container(OmegaConf.create(text))
+    hw_cfg["cuda_graphs"] = False
+    hw = HardwareSpec.from_cfg(hw_cfg)
+    roof = Roofline(spec, hw, 1)
+    src = torch.empty(2**28, dtype=torch.uint8, device=device)  # 256 MiB, far past any cache
+    dst = torch.empty_like(src)
+    copy_s = timed(lambda: dst.copy_(src), device, args.repeats * 5)
+    return {
+        "hardware": hardware,
+        "matmul_share_of_peak": round(matmul_flops / hw.flops, 3),
+        "roofline_gemm_efficiency": hw.flops_efficiency,
+        "copy_share_of_hbm_bw": round(2 * src.numel() / copy_s / hw.hbm_bw, 3),  # read + write
+        "roofline_hbm_efficiency": hw.hbm_efficiency,
+        "roofline_prefill_s": round(roof.prefill_s(args.chunk), 5),
+        "measured_prefill_s": round(prefill_s, 5),
+        "prefill_measured_over_roofline": round(prefill_s / roof.prefill_s(args.chunk), 2),
+        "roofline_decode_step_s": round(roof.decode_step_s(args.batch, args.chunk), 5),
+        "measured_decode_step_s": round(decode_s, 5),
+        "decode_measured_over_roofline": round(decode_s / roof.decode_step_s(args.batch, args.chunk), 2),
+    }
 
 
 if __name__ == "__main__":
