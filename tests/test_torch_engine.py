@@ -2,6 +2,7 @@
 offload, real reuse on a trace, and the analytic model calibrated to its measured times."""
 
 import statistics
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,7 @@ import torch
 from conftest import conf
 from replaykit import compose_cfg
 
-from engines.specs import HardwareSpec, ModelSpec
-from engines.torch_engine.calibrate import fit, measure, write_calibrated
+from engines.torch_engine.calibrate import DECODE_GRID, PREFILL_GRID, calibrate
 from engines.torch_engine.kv_pool import KVPool, TieredKV
 from engines.torch_engine.model import ModelArgs, SeqSlice, Transformer, load_hf_checkpoint
 from replay.app import run
@@ -144,11 +144,15 @@ def test_reuse_is_real_on_a_twenty_session_trace(tmp_path, mini_trace):
 
 def test_calibrated_analytic_model_predicts_measured_ttft(tmp_path):
     torch.set_num_threads(1)  # one thread: far steadier timings on a shared machine
-    model_cfg, hw_cfg = conf("model", "small"), conf("hardware", "cpu")
-    fitted = fit(ModelSpec.from_cfg(model_cfg), HardwareSpec.from_cfg(hw_cfg),
-                 measure(model_cfg, hw_cfg, clock="cpu"))
-    cal = write_calibrated(hw_cfg, fitted, "small",
-                           tmp_path / "conf" / "hardware" / "cpu_test_calibrated.yaml")
+    shipped = resources.files("conf").joinpath("hardware", "cpu_calibrated.yaml").read_text()
+    cal, errors = calibrate("small", "cpu", tmp_path / "calibration", clock="cpu")
+    assert cal == tmp_path / "calibration" / "hardware" / "cpu_calibrated_small.yaml"
+    assert resources.files("conf").joinpath("hardware", "cpu_calibrated.yaml").read_text() == shipped
+    assert len(errors) == len(PREFILL_GRID) + len(DECODE_GRID)
+    # the fit quality it prints, in sample: the fitted roofline against each measured point
+    prefill_errors = [abs(e[-1]) for e in errors if e[0] == "prefill"]
+    print(f"in-sample prefill error: median {statistics.median(prefill_errors):.3f}")
+    assert statistics.median(prefill_errors) <= 0.25
     held_out = tmp_path / "held_out.parquet"  # sessions far apart: no queueing to model
     generate(load_config("coding_agent", [*MINI, "sessions=4", "seed=11", "arrival.rate_per_s=0.0001"]),
              held_out)
@@ -164,7 +168,7 @@ def test_calibrated_analytic_model_predicts_measured_ttft(tmp_path):
     out = tmp_path / "analytic"
     out.mkdir()
     search = f"hydra.searchpath=[file://{cal.parents[1]}]"
-    run(compose_cfg([*base, "engine=analytic", "hardware=cpu_test_calibrated", "engine.concurrency=1",
+    run(compose_cfg([*base, "engine=analytic", "hardware=cpu_calibrated_small", "engine.concurrency=1",
                      search]), out)
     predicted = pl.read_parquet(out / "requests.parquet").select(
         "request_id", pl.col("ttft_s").alias("model"))

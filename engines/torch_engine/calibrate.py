@@ -2,8 +2,11 @@
 
 Calls replayed on the torch engine itself: prefill over a grid of new and cached lengths (TTFT,
 admission included), decode over batch sizes (TPOT). ``fit`` turns them into the analytic
-model's flops and attention efficiencies, per-forward overhead and hbm efficiency. Writes
-conf/hardware/<name>_calibrated.yaml (``replay-calibrate --help``).
+model's flops and attention efficiencies, per-forward overhead and hbm efficiency; ``fit_errors``
+says how well the fitted roofline reproduces each measured point. Writes
+<run folder>/hardware/<hardware>_calibrated_<model>.yaml, a config group option a replay picks
+up with ``hydra.searchpath`` (``replay-calibrate --help``), never over the package's own conf/
+(whose options win over a search path's of the same name: hence the model in the name).
 
 torch, numpy and the engine are imported inside the functions that use them, so
 ``replay-calibrate --help`` prints without loading torch.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import time
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -125,23 +129,65 @@ def fit(model: ModelSpec, hw: HardwareSpec, points: Points) -> dict[str, float]:
             "overhead_s": overhead}
 
 
-def write_calibrated(hw_cfg: Mapping[str, Any], fitted: Mapping[str, float], model_name: str,
-                     out: Path) -> Path:
-    import torch
-    from omegaconf import OmegaConf
+def fit_errors(model: ModelSpec, calibrated: HardwareSpec, points: Points
+               ) -> list[tuple[str, int, int, float, float, float]]:
+    """Each measured point beside the calibrated roofline's time for it: (kind, new tokens or
+    batch, cached tokens or context, measured s, predicted s, relative error). In-sample: a
+    bound on what the fit can reach, not a test of it on other shapes."""
+    from engines.roofline import Roofline
 
+    roof = Roofline(model, calibrated, 1)
+    rows = []
+    for kind, predict in (("prefill", roof.prefill_s), ("decode", roof.decode_step_s)):
+        for a, b, measured in points[kind]:
+            predicted = predict(a, b)
+            rows.append((kind, a, b, measured, predicted, predicted / measured - 1))
+    return rows
+
+
+def calibrated_name(hw_name: str, model_name: str) -> str:
+    return f"{hw_name}_calibrated_{model_name}"
+
+
+def calibrated_cfg(hw_cfg: Mapping[str, Any], fitted: Mapping[str, float], name: str) -> dict[str, Any]:
+    """The hardware config with the fitted factors in place."""
     cfg = dict(hw_cfg)
-    cfg["name"] = f"{hw_cfg['name']}_calibrated"
+    cfg["name"] = name
     cfg["flops"] = fitted["flops"]
     cfg["efficiency"] = {**dict(hw_cfg["efficiency"]), "flops": round(fitted["flops_efficiency"], 4),
                          "attention": round(fitted["attention_efficiency"], 4),
                          "hbm": round(fitted["hbm_efficiency"], 4)}
     cfg["overhead_s"] = round(fitted["overhead_s"], 6)
+    return cfg
+
+
+def write_calibrated(hw_cfg: Mapping[str, Any], fitted: Mapping[str, float], model_name: str,
+                     out: Path) -> Path:
+    import torch
+    from omegaconf import OmegaConf
+
+    cfg = calibrated_cfg(hw_cfg, fitted, out.stem)
     header = (f"# Calibrated by replay-calibrate against the torch engine running model {model_name}\n"
               f"# on {torch.get_num_threads()} threads; refit on the machine you simulate.\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + OmegaConf.to_yaml(OmegaConf.create(cfg)))
     return out
+
+
+def calibrate(model_name: str, hw_name: str, out_dir: Path, repeats: int = 5, device: str = "cpu",
+              clock: str = "wall") -> tuple[Path, list[tuple[str, int, int, float, float, float]]]:
+    """Measure, fit and write ``out_dir``/hardware/<hw_name>_calibrated_<model_name>.yaml;
+    returns its path and the fit's errors point by point."""
+    from engines.specs import HardwareSpec, ModelSpec
+
+    model_cfg, hw_cfg = _conf("model", model_name), _conf("hardware", hw_name)
+    model = ModelSpec.from_cfg(model_cfg)
+    points = measure(model_cfg, hw_cfg, repeats, device=device, clock=clock)
+    fitted = fit(model, HardwareSpec.from_cfg(hw_cfg), points)
+    name = calibrated_name(hw_name, model_name)
+    errors = fit_errors(model, HardwareSpec.from_cfg(calibrated_cfg(hw_cfg, fitted, name)), points)
+    path = write_calibrated(hw_cfg, fitted, model_name, out_dir / "hardware" / f"{name}.yaml")
+    return path, errors
 
 
 @click.command()
@@ -152,34 +198,34 @@ def write_calibrated(hw_cfg: Mapping[str, Any], fitted: Mapping[str, float], mod
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (as engine.threads).")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="CPU step clock (as engine.clock); cpu: process CPU time, steady on a busy machine.")
-@click.option("--out", type=click.Path(path_type=Path),
-              help="Default: conf/hardware/<hardware>_calibrated.yaml inside the package.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Run folder for hardware/<hardware>_calibrated_<model>.yaml. "
+                   "Default: outputs/calibrate/<date>/<time>.")
 def main(model_name: str, hw_name: str, device: str, repeats: int, threads: int | None, clock: str,
-         out: Path | None) -> None:
+         out_dir: Path | None) -> None:
     """Time prefill and decode of the torch engine's model and fit the analytic hardware model.
 
-    Then `replay hardware=<hardware>_calibrated model=<model>` predicts what the torch engine
-    measures.
+    Prints each measured point beside the fitted model's time for it (the fit's quality, in
+    sample), writes the fitted hardware config into the run folder and the replay command that
+    uses it. The package's own conf/ is never written.
     """
-    try:
-        model_cfg, hw_cfg = _conf("model", model_name), _conf("hardware", hw_name)
-    except FileNotFoundError as exc:
-        raise click.ClickException(f"no such config: {exc.filename}") from None
+    for group, name in (("model", model_name), ("hardware", hw_name)):
+        if not resources.files("conf").joinpath(group, f"{name}.yaml").is_file():
+            raise click.ClickException(f"no such config: conf/{group}/{name}.yaml")
     import torch
-
-    from engines.specs import HardwareSpec, ModelSpec
 
     if threads:
         torch.set_num_threads(threads)
-    points = measure(model_cfg, hw_cfg, repeats, device=device, clock=clock)
-    fitted = fit(ModelSpec.from_cfg(model_cfg), HardwareSpec.from_cfg(hw_cfg), points)
-    if out is None:
-        out = Path(str(resources.files("conf").joinpath("hardware", f"{hw_name}_calibrated.yaml")))
-    for kind, rows in points.items():
-        for a, b, t in rows:
-            click.echo(f"{kind:8} {a:6} {b:6} {t * 1000:9.2f} ms")
-    click.echo(" ".join(f"{k}={v:.4g}" for k, v in fitted.items()))
-    click.echo(f"wrote {write_calibrated(hw_cfg, fitted, model_name, out)}")
+    out_dir = out_dir or Path("outputs/calibrate") / time.strftime("%Y-%m-%d/%H-%M-%S")
+    path, errors = calibrate(model_name, hw_name, out_dir, repeats, device, clock)
+    click.echo(f"{'':8} {'new/bat':>7} {'cached/ctx':>10} {'measured':>11} {'fitted':>11} {'error':>7}")
+    for kind, a, b, measured, predicted, error in errors:
+        click.echo(f"{kind:8} {a:7} {b:10} {measured * 1e3:8.2f} ms {predicted * 1e3:8.2f} ms {error:+7.1%}")
+    sizes = [abs(e[-1]) for e in errors]
+    click.echo(f"fit quality (in sample): median |error| {statistics.median(sizes):.1%}, "
+               f"worst {max(sizes):.1%} over {len(sizes)} points")
+    click.echo(f"wrote {path}\nuse it: replay 'hydra.searchpath=[file://{path.parents[1].resolve()}]' "
+               f"hardware={path.stem} model={model_name} parallel.tp=1")
 
 
 if __name__ == "__main__":
