@@ -34,8 +34,9 @@ BASELINES = ("simulate", "off")
 
 
 def resolve_trace(cfg: DictConfig, run_dir: Path) -> str:
-    """The trace file to replay: generated into the run folder, or the user's file."""
-    from traces.io import read_meta
+    """The trace file to replay: generated into the run folder, or the user's file, whose rows
+    are checked first (one line naming the first bad row, never a traceback mid-replay)."""
+    from traces.validate import check_rows
 
     kind = cfg.trace.get("kind")
     if kind == "generate":
@@ -48,7 +49,7 @@ def resolve_trace(cfg: DictConfig, run_dir: Path) -> str:
         path = cfg.trace.get("path")
         if path in (None, "???"):
             raise ConfigError("trace=file needs trace.path=/path/to/trace.parquet")
-        read_meta(path)
+        check_rows(path, "not replayed")
         return str(path)
     raise ConfigError(f"trace.kind must be 'generate' or 'file', got {kind!r}")
 

@@ -113,6 +113,49 @@ def test_source_metadata_that_is_json_but_not_an_object(tmp_path):
         assert one_error_line(traces(*args)) == f"error: {bad}: source metadata is JSON list, not an object"
 
 
+@pytest.mark.parametrize("column,value,at,reason", [  # the 10-minute fuzz's five tracebacks
+    ("output_tokens", None, 0, "row 0 (request_id a-0): output_tokens: null < 0"),
+    ("output_tokens", -1, 2, "row 2 (request_id b-0): output_tokens: -1 < 0"),
+    ("kept_blocks", None, 1, "row 1 (request_id a-1): kept_blocks: null < 0"),
+    ("new_block_hashes", None, 0, "row 0 (request_id a-0): new_block_hashes: is null"),
+    ("request_id", None, 2, "row 2 (request_id null): request_id: is null"),
+])
+@pytest.mark.parametrize("command", ["inspect", "export"])
+def test_values_the_schema_allows_but_the_rules_do_not_are_one_line(tmp_path, command, column, value,
+                                                                    at, reason):
+    good = good_trace(tmp_path / "good.parquet")
+    rows = pq.read_table(good).to_pylist()
+    rows[at][column] = value
+    bad = rewrite(good, tmp_path / "bad.parquet", lambda t: pa.Table.from_pylist(rows, schema=t.schema))
+    args = ["inspect", bad] if command == "inspect" else [
+        "export", "mooncake", bad, "--out", tmp_path / "o.jsonl", "--block-size", "4"]
+    line = one_error_line(traces(*args))
+    refused = "not inspected" if command == "inspect" else "not exported"
+    assert line.startswith(f"error: {refused}, the trace is invalid: {bad}: {reason}")
+    no_debris(tmp_path)
+
+
+def test_a_column_name_that_is_not_utf8_is_one_line(tmp_path):
+    good = good_trace(tmp_path / "good.parquet")
+    raw = good.read_bytes()
+
+    def undecodable(i: int) -> bool:  # pyarrow itself fails to decode a name in the footer
+        flipped = raw[:i] + b"\xff" + raw[i + 1:]
+        try:
+            pq.ParquetFile(pa.BufferReader(flipped)).schema_arrow  # noqa: B018
+        except UnicodeDecodeError:
+            return True
+        except (pa.ArrowException, OSError):
+            pass
+        return False
+
+    i = next(i for i in range(len(raw) - 9, 4, -1) if undecodable(i))  # as the fuzz's byte flips found
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(raw[:i] + b"\xff" + raw[i + 1:])
+    for command in ("validate", "inspect"):
+        assert one_error_line(traces(command, bad)).startswith(f"error: {bad}: not a readable Parquet file (")
+
+
 @pytest.mark.parametrize("column,value,reason", [
     ("arrival_s", float("nan"), "arrival_s: NaN is not a finite number"),
     ("arrival_s", float("inf"), "arrival_s: inf is not a finite number"),

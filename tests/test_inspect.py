@@ -77,9 +77,10 @@ def test_aiperf_hit_rate_beside_ideal_reuse_by_hand(three_calls):
 def test_aiperf_hit_rate_child_at_its_parents_instant(tmp_path):
     # a-1 is first in the file but sent at a-0's instant: it is taken after a-0. a-0 [1, 2]: 0/2;
     # a-1 keeps 2 blocks and adds [3]: 2/3; mean 1/3. A parent missing from the file is one line.
-    path = write(tmp_path / "t.parquet", [row("a", 1, 16, [3], parent="a-0", kept=2, arrival_s=0.0),
+    path = write(tmp_path / "t.parquet", [row("a", 1, 12, [3], parent="a-0", kept=2, arrival_s=0.0),
                                           row("a", 0, 10, [1, 2], arrival_s=0.0)])
     assert inspect(path)["aiperf_hit_rate_unweighted"] == pytest.approx(1 / 3)
-    orphan = write(tmp_path / "o.parquet", [row("a", 1, 16, [3], parent="zz", kept=2)])
+    orphan = write(tmp_path / "o.parquet", [row("a", 1, 12, [3], parent="zz", kept=2)])
     result = CliRunner().invoke(main, ["inspect", str(orphan)])
-    assert result.exit_code == 1 and "parent zz is not an earlier call" in result.output
+    assert result.exit_code == 1 and "row 0 (request_id a-1)" in result.output
+    assert "(and 1 more)" in result.output  # turn 1 alone in its session, parent zz not in the file

@@ -179,4 +179,7 @@ def test_a_broken_parent_link_is_one_line_not_lost_calls(tmp_path):
                                           row("a", 2, 16, [4], parent="a-1", kept=3)])
     result = replay_cli("trace=file", f"trace.path={path}", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "row 1 (request_id a-2): parent_id: 'a-1' is not a request of the trace" in result.stderr
+    assert "not replayed, the trace is invalid: " in result.stderr
+    # the first of its two problems (turn 2 in a 2-call session; parent a-1 not in the file)
+    assert "row 1 (request_id a-2): turn: turn 2 outside 0..1 (the session has 2 calls) (and 1 more)" \
+        in result.stderr

@@ -15,7 +15,7 @@ from traces.expand import expand
 from traces.hashing import reblock
 from traces.io import discard, read_meta, reading, scan, writing
 from traces.schema import TraceError
-from traces.validate import validate
+from traces.validate import check_rows
 
 
 def export_mooncake(path: str | os.PathLike, out: str | os.PathLike, block_size: int = 512) -> int:
@@ -25,10 +25,7 @@ def export_mooncake(path: str | os.PathLike, out: str | os.PathLike, block_size:
     meta = read_meta(path)
     if block_size % meta.block_size:
         raise TraceError(f"--block-size {block_size} is not a multiple of the trace's {meta.block_size}")
-    problems = validate(path)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise TraceError(f"not exported, the trace is invalid: {problems[0]}{more}; see traces validate")
+    check_rows(path, "not exported")
     factor = block_size // meta.block_size
     with reading(path):
         blocks = {rid: reblock(b, factor) for rid, b in expand(path)}

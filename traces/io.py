@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from traces.schema import SCHEMA, SEGMENT_TYPE, TraceError, TraceMeta
 
 # What reading a damaged or foreign file can raise, turned into one TraceError line by ``reading``.
-READ_ERRORS = (pa.ArrowException, pl.exceptions.PolarsError, OSError, OverflowError)
+READ_ERRORS = (pa.ArrowException, pl.exceptions.PolarsError, OSError, OverflowError, UnicodeDecodeError)
 
 DEFAULT_ROW_GROUP = 65_536
 
@@ -201,7 +201,7 @@ def _open(path: str | os.PathLike) -> pq.ParquetFile:
         pf = pq.ParquetFile(path)
         pf.schema_arrow  # noqa: B018 - a damaged footer schema fails here, not in the caller
         return pf
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # flipped bytes in the footer
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TraceError(f"{path}: not a readable Parquet file ({first})") from None
 

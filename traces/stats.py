@@ -9,6 +9,7 @@ import polars as pl
 
 from traces.errors import TraceError
 from traces.io import check_schema, reading, scan
+from traces.validate import check_rows
 
 
 def ideal_reuse_frame(lf: pl.LazyFrame, block_size: int) -> pl.LazyFrame:
@@ -114,8 +115,10 @@ def _quantiles(col: str, qs: dict[str, float], frame: pl.DataFrame) -> dict[str,
 
 def inspect(path: str | os.PathLike) -> dict[str, Any]:
     """Summary figures of a trace; keys are snake_case names with units where they have one.
-    The schema is checked first and damaged pages are one TraceError line."""
+    The schema and the rows are checked first (traces.validate) and damaged pages are one
+    TraceError line."""
     meta = check_schema(path)
+    check_rows(path, "not inspected")
     with reading(path):
         return _figures(path, meta.block_size, meta.source, scan(path))
 

@@ -12,6 +12,7 @@ import os
 import polars as pl
 import pyarrow.parquet as pq
 
+from traces.errors import TraceError
 from traces.io import read_meta, reading, schema_problems
 from traces.schema import SEGMENT_KINDS
 
@@ -28,6 +29,17 @@ def validate(path: str | os.PathLike) -> list[str]:
         df = pl.from_arrow(pq.read_table(path, page_checksum_verification=True))
         return [f"{path}: row {row} (request_id {rid}): {column}: {reason}"
                 for row, rid, column, reason in _row_problems(df.with_row_index("row"), meta.block_size)]
+
+
+def check_rows(path: str | os.PathLike, refused: str) -> None:
+    """Raise one TraceError line naming the first bad row (and how many more) when the trace
+    breaks a rule: the commands that compute on a trace (inspect, export, replay) never meet a
+    null count, a negative length or a broken chain the schema's types allow. ``refused`` says
+    what was not done (``not exported``)."""
+    problems = validate(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise TraceError(f"{refused}, the trace is invalid: {problems[0]}{more}; see traces validate")
 
 
 def _show(column: str) -> pl.Expr:
@@ -98,6 +110,7 @@ def _row_problems(df: pl.DataFrame, block_size: int) -> list[tuple[int, str, str
          (pl.col("kept_blocks") > pl.col("parent_blocks")),
          pl.format("{} exceeds the parent's {} blocks (prompt plus output)", pl.col("kept_blocks"),
                    pl.col("parent_blocks"))),
+        ("new_block_hashes", pl.col("new_block_hashes").is_null(), pl.lit("is null")),
         ("new_block_hashes", (pl.col("kept_blocks") + pl.col("n_new")) != pl.col("input_tokens") // bs,
          pl.format("kept_blocks {} + {} new hashes != input_tokens {} // block_size {}",
                    pl.col("kept_blocks"), pl.col("n_new"), pl.col("input_tokens"), pl.lit(bs))),
