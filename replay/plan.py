@@ -140,7 +140,8 @@ def candidates(plan: DictConfig) -> list[tuple[str, list[str]]]:
     out: list[tuple[str, list[str]]] = []
     grid = plan.get("grid") or {}
     keys = list(grid)
-    for values in product(*[list(grid[k]) if isinstance(grid[k], ListConfig) else [grid[k]] for k in keys]):
+    for values in product(*[list(grid[k]) if isinstance(grid[k], ListConfig) else [grid[k]] for k in keys]
+                          ) if keys else ():  # no grid: no empty candidate
         overrides = [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
         out.append((" ".join(overrides), overrides))
     for c in plan.get("candidates") or []:

@@ -194,3 +194,10 @@ def test_a_pd_candidate_is_sized_by_both_pools(single_calls, tmp_path):
     hourly = 2.00 + 1.0  # prefill GPU at pricing.self_hosted's $2/h, decode GPU at $1/h; power 0
     assert r["usd_per_session"] == pytest.approx(hourly / 3600 / r["max_sessions_per_s_per_instance"],
                                                  rel=1e-9)
+
+
+def test_a_plan_without_a_grid_has_only_its_listed_candidates():
+    from replay.plan import candidates
+
+    plan = OmegaConf.create({"candidates": [{"name": "a", "overrides": ["instances=2"]}]})
+    assert candidates(plan) == [("a", ["instances=2"])]  # no extra empty candidate from the grid
