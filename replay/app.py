@@ -57,6 +57,10 @@ def resolve_trace(cfg: DictConfig, run_dir: Path) -> str:
 def build_engine(cfg: DictConfig, trace_block_size: int, **overrides: Any):
     """The configured engine; ``overrides`` replace engine keys (``prefix_reuse=False``)."""
     container = lambda key: OmegaConf.to_container(cfg[key], resolve=True)  # noqa: E731
+    from replay.pools import mode
+
+    if mode(cfg) == "pd":
+        return build_disaggregated(cfg, trace_block_size, **overrides)
     try:
         return hydra.utils.instantiate(
             cfg.engine, model=container("model"), hardware=container("hardware"),
@@ -67,6 +71,22 @@ def build_engine(cfg: DictConfig, trace_block_size: int, **overrides: Any):
         if isinstance(cause, (ConfigError, TraceError)):
             raise cause from None
         raise ConfigError(f"engine {cfg.engine.get('_target_')}: {cause}") from None
+
+
+def build_disaggregated(cfg: DictConfig, trace_block_size: int, **overrides: Any):
+    """deployment=pd: a prefill pool and a decode pool of the offload engine (engines/offload/pd.py)."""
+    from engines.offload.pd import DisaggregatedEngine
+    from replay.pools import pools
+
+    if not str(cfg.engine.get("_target_", "")).endswith("offload.OffloadEngine"):
+        raise ConfigError("deployment=pd needs engine=offload")
+    prefill, decode = pools(cfg)
+    engine = OmegaConf.to_container(cfg.engine, resolve=True)
+    engine.pop("_target_")
+    pool = lambda p: {"hardware": p.hardware, "cache": p.cache, "tp": p.tp, "count": p.count}  # noqa: E731
+    return DisaggregatedEngine(OmegaConf.to_container(cfg.model, resolve=True), pool(prefill), pool(decode),
+                               OmegaConf.to_container(cfg.deployment.link, resolve=True), trace_block_size,
+                               **{**engine, **overrides})
 
 
 def check_prefix_reuse(cfg: DictConfig) -> None:
@@ -107,6 +127,8 @@ def storage_usd(pricing: SelfHostedPricing, result: ReplayResult) -> dict[str, f
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One replay: trace -> runner -> engine -> metrics and the API bill (fed the runner's calls
     as sent and finished), then the no-reuse baseline (a second simulation), cost, summary."""
+    import dataclasses
+
     import numpy as np
     import polars as pl
 
@@ -117,6 +139,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from replay.goodput import Slo
     from replay.load import LoadOptions, load_figures
     from replay.metrics import assemble, baseline_frame
+    from replay.pools import blended, describe, pool_figures
+    from replay.pools import mode as deployment_mode
+    from replay.pools import pools as deployment_pools
     from replay.runner import ReplayOptions
     from replay.summary import summarize, write_summary
     from traces.io import read_meta
@@ -135,6 +160,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     api = ApiPricing.from_cfg(cfg.pricing.api)
     self_hosted = SelfHostedPricing.from_cfg(cfg.pricing.self_hosted)
     power_w = float(cfg.hardware.get("power_w") or 0.0)
+    gpus, hardware_name, pools_ = int(cfg.parallel.tp) * int(cfg.instances), cfg.hardware.name, None
+    if deployment_mode(cfg) == "pd":  # every pool's GPUs, each at its own price
+        pools_ = deployment_pools(cfg)
+        gpus, price, power_w = blended(pools_)
+        self_hosted = dataclasses.replace(self_hosted, gpu_hour_usd=price)
+        hardware_name = describe(pools_)
     r = cfg.replay
     opts = ReplayOptions(mode=r.mode, time_scale=float(r.time_scale),
                          session_rate_per_s=r.session_rate_per_s, sample_sessions=r.sample.sessions,
@@ -169,15 +200,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }, extra)
     engine_rows.unlink()
     summary = summarize(
-        requests, tiers, self_hosted, int(cfg.parallel.tp) * int(cfg.instances), power_w,
+        requests, tiers, self_hosted, gpus, power_w,
         storage_usd(self_hosted, result), base_storage,
         trace=str(cfg.trace.get("generator") or cfg.trace.get("path")),
         engine=str(cfg.engine._target_).rsplit(".", 1)[-1], model=cfg.model.name,
-        hardware=cfg.hardware.name, cache=cfg.cache.name, pricing=cfg.pricing.api.model,
+        hardware=hardware_name, cache=cfg.cache.name, pricing=cfg.pricing.api.model,
         tp=int(cfg.parallel.tp), instances=int(cfg.instances), mode=opts.mode,
         interrupted=result.interrupted, calls_sent=result.sent, engine_stats=result.engine_stats,
         slo=Slo.from_cfg(cfg.get("slo")),
     )
+    if pools_ is not None:
+        summary["deployment"] = "pd"
+        summary["pools"] = pool_figures(requests, pools_, summary["span_s"], self_hosted)
     summary.update(load_figures(requests, load, np.random.default_rng(int(cfg.seed))))
     write_summary(summary, run_dir / "summary.json")
     if cfg.get("plots", True):
@@ -226,8 +260,9 @@ def main(cfg: DictConfig) -> float | None:
 
         traceback.print_exc()
         return None
-    print(f"\n{summary['trace']} on {summary['engine']}: {summary['model']} / {summary['hardware']} "
-          f"x{summary['tp']} / cache {summary['cache']} / {summary['pricing']}"
+    tp = "" if "pools" in summary else f" x{summary['tp']}"  # pd: the pools name their tp
+    print(f"\n{summary['trace']} on {summary['engine']}: {summary['model']} / {summary['hardware']}"
+          f"{tp} / cache {summary['cache']} / {summary['pricing']}"
           + ("  [interrupted: partial results]" if summary["interrupted"] else ""))
     print(table(summary))
     print(f"outputs: {run_dir}")

@@ -140,7 +140,8 @@ def candidates(plan: DictConfig) -> list[tuple[str, list[str]]]:
     out: list[tuple[str, list[str]]] = []
     grid = plan.get("grid") or {}
     keys = list(grid)
-    for values in product(*[list(grid[k]) if isinstance(grid[k], ListConfig) else [grid[k]] for k in keys]):
+    for values in product(*[list(grid[k]) if isinstance(grid[k], ListConfig) else [grid[k]] for k in keys]
+                          ) if keys else ():  # no grid: no empty candidate
         overrides = [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
         out.append((" ".join(overrides), overrides))
     for c in plan.get("candidates") or []:
@@ -208,7 +209,7 @@ def probe(cfg: DictConfig, pool: Pool, search: Search, rate: float, run_dir: Pat
     ``cfg`` (composed once: Hydra's compose costs more than a small replay); did it meet the SLO?"""
     from replay.app import run
 
-    instances = int(cfg.instances)
+    instances = shape(cfg)["instances"]
     duration = search.duration_s or search.lifetimes * pool.mean_session_s
     k = max(1, math.ceil(rate * instances * duration))
     if k > len(pool.order):
@@ -221,6 +222,23 @@ def probe(cfg: DictConfig, pool: Pool, search: Search, rate: float, run_dir: Pat
     OmegaConf.save(cfg, run_dir / "config.yaml")
     summary = run(cfg, run_dir)
     return Probe(rate, bool(summary["goodput"]["met"]), run_dir, summary)
+
+
+def shape(cfg: DictConfig) -> dict[str, Any]:
+    """A candidate's size: colocated, ``instances`` of ``parallel.tp`` GPUs (rates are per
+    instance); deployment=pd, one unit of both pools (rates are per deployment), its GPUs and
+    their GPU-weighted price and power (replay/pools.py)."""
+    from replay.pools import blended, describe, mode, pools
+
+    pricing = SelfHostedPricing.from_cfg(cfg.pricing.self_hosted)
+    if mode(cfg) == "pd":
+        ps = pools(cfg)
+        gpus, price, power_w = blended(ps)
+        return {"instances": 1, "gpus": gpus, "tp": gpus, "hardware": describe(ps), "power_w": power_w,
+                "pricing": replace(pricing, gpu_hour_usd=price)}
+    tp, instances = int(cfg.parallel.tp), int(cfg.instances)
+    return {"instances": instances, "gpus": tp * instances, "tp": tp, "hardware": cfg.hardware.name,
+            "power_w": float(cfg.hardware.get("power_w") or 0.0), "pricing": pricing}
 
 
 def bracket(test: Callable[[float], bool], search: Search) -> tuple[float | None, float | None]:
@@ -273,6 +291,10 @@ def limiter(fail: Probe, low: Probe, slo: Slo) -> str:
         bad = df
     queue, load, ttft = (float(bad[c].mean() or 0.0) for c in ("queue_s", "load_s", "ttft_s"))
     parts = {"queueing": queue, "link": load, "compute (prefill)": ttft - queue - load}
+    if "transfer_s" in bad.columns:  # deployment=pd: the KV's move and the wait for decode room
+        transfer, room = (float(bad[c].mean() or 0.0) for c in ("transfer_s", "decode_queue_s"))
+        parts.update({"queueing": queue + room, "KV transfer": transfer,
+                      "compute (prefill)": ttft - queue - load - transfer - room})
     name = max(parts, key=parts.get)
     if name == "link":
         tiers = [t for t in fail.summary["reuse_by_tier"] if t != "hbm"]
@@ -303,15 +325,16 @@ def search_candidate(name: str, overrides: list[str], plan_base: list[str], pool
         return p.met
 
     t0 = time.perf_counter()
-    tp, instances = int(cfg.parallel.tp), int(cfg.instances)
+    size = shape(cfg)
+    tp, instances = size["tp"], size["instances"]
     most = len(pool.order) / (instances * (search.duration_s or search.lifetimes * pool.mean_session_s))
     if most < search.max_rate_per_s:  # a probe replays at most the whole pool
         search = replace(search, max_rate_per_s=most, start_rate_per_s=min(search.start_rate_per_s, most))
     lo, hi = bracket(test, search)
     row: dict[str, Any] = {
-        "candidate": name, "overrides": " ".join(overrides), "hardware": cfg.hardware.name,
+        "candidate": name, "overrides": " ".join(overrides), "hardware": size["hardware"],
         "tp": tp, "instances": instances, "cache": cfg.cache.name,
-        "engine": str(cfg.engine._target_).rsplit(".", 1)[-1], "gpus": tp * instances,
+        "engine": str(cfg.engine._target_).rsplit(".", 1)[-1], "gpus": size["gpus"],
         "probes": len(probes), "search_s": time.perf_counter() - t0,
     }
     by_rate = {p.rate_per_s: p for p in probes}
@@ -329,19 +352,18 @@ def search_candidate(name: str, overrides: list[str], plan_base: list[str], pool
         other = cfg.copy()
         other.seed = int(cfg.seed) + 1 + i
         confirmed.append(probe(other, pool, search, lo, out / f"confirm{i}").met)
-    pricing = SelfHostedPricing.from_cfg(cfg.pricing.self_hosted)
-    power_w = float(cfg.hardware.get("power_w") or 0.0)
+    pricing, power_w, gpus = size["pricing"], size["power_w"], size["gpus"]
     sessions = s["sessions"]
     tokens = (s["input_tokens"] + s["output_tokens"]) / sessions
     # provisioned cost at the rate: every GPU for 1/rate seconds per session, energy of the
     # busy GPU-seconds a session took, KV storage it held (all measured in the probe at ``lo``)
-    usd = (pricing.provisioned_cost(tp * instances, 1.0 / (lo * instances), s["gpu_s"] / sessions, power_w)
+    usd = (pricing.provisioned_cost(gpus, 1.0 / (lo * instances), s["gpu_s"] / sessions, power_w)
            + sum(s["storage_usd_by_tier"].values()) / sessions)
     row.update(
         status="ok" if hi is not None else (f"still meets the SLO at {search.max_rate_per_s:.4g} sessions/s "
                                             "per instance (max_rate_per_s, or the whole pool)"),
         max_sessions_per_s_per_instance=lo,
-        max_sessions_per_s_per_gpu=lo / tp,
+        max_sessions_per_s_per_gpu=lo / tp,  # pd: tp is the deployment's GPUs
         usd_per_session=usd,
         usd_per_mtok=usd / (tokens / 1e6),
         reuse=s["reuse"],

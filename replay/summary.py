@@ -192,6 +192,7 @@ def table(summary: dict[str, Any]) -> str:
     line("GPU-seconds (busy)", "gpu_s", saving="gpu_s_saving")
     line(f"GPU-seconds (provisioned, {s['gpus']} GPUs)", "provisioned_gpu_s")
     line("GPU utilisation (busy / provisioned)", "gpu_utilisation", "%", saving="")
+    _pool_rows(s, rows)
     line("self-hosted $ / session (provisioned)", "self_hosted_provisioned_usd_per_session", "$",
          saving="self_hosted_provisioned_saving")
     line("self-hosted $ / session (busy GPU-s only)", "self_hosted_busy_usd_per_session", "$",
@@ -215,6 +216,24 @@ def table(summary: dict[str, Any]) -> str:
             out.append("  ".join("-" * w for w in widths))
     warning = saturation_warning(s)
     return "\n".join(out + ([warning] if warning else []))
+
+
+def _pool_rows(s: dict[str, Any], rows: list[tuple[str, str, str, str]]) -> None:
+    """deployment=pd: each pool's GPUs, utilisation and provisioned cost; the TTFT split."""
+    pools = s.get("pools")
+    if not pools:
+        return
+    for name in ("prefill", "decode"):
+        p = pools[name]
+        rows.append((f"  {name} pool: {p['count']} x {p['tp']} {p['hardware']}",
+                     f"{_f(p['gpu_utilisation'], '%')} busy, {_f(p['provisioned_usd'], '$')}", "", ""))
+    mean = pools["ttft_split_mean_s"]
+    rows.append(("TTFT mean: queue / prefill / decode queue", " / ".join(
+        _f(mean[k], "s") for k in ("queue", "prefill", "decode_queue")), "", ""))
+    rows.append(("  / KV transfer / first decode step", " / ".join(
+        _f(mean[k], "s") for k in ("transfer", "first_step")), "", ""))
+    per_call = pools["transfer_bytes_per_call"]
+    rows.append(("KV moved between the pools per call", f"{_f(per_call and per_call / 1e9)} GB", "", ""))
 
 
 def _level(s: dict[str, Any]) -> str:

@@ -177,3 +177,27 @@ def test_bad_slo_is_one_line(bad):
 def test_bad_search_is_one_line(bad):
     with pytest.raises(ConfigError, match="plan search"):
         Search.from_cfg(bad)
+
+
+def test_a_pd_candidate_is_sized_by_both_pools(single_calls, tmp_path):
+    """deployment=pd on SIMPLE: one prefill GPU limits the deployment at mu sessions/s (the
+    decode GPU only moves and samples), over 2 GPUs; a session costs both GPUs for 1 / rate."""
+    plan = hand_plan(single_calls)
+    plan.base = [*[o for o in SIMPLE_NO_PRICING if not o.startswith("engine.")], "engine=offload",
+                 "deployment=pd", "deployment.prefill.tp=1", "deployment.decode.tp=1",
+                 "deployment.decode.gpu_hour_usd=1.0"]
+    r = run_plan(plan, tmp_path / "plan", progress=False).row(0, named=True)
+    mu = 1.0 / simple_prefill_s(N_TOKENS)
+    assert r["gpus"] == 2 and r["instances"] == 1
+    assert r["max_sessions_per_s_per_instance"] == pytest.approx(mu, rel=0.05)
+    assert r["max_sessions_per_s_per_gpu"] == r["max_sessions_per_s_per_instance"] / 2
+    hourly = 2.00 + 1.0  # prefill GPU at pricing.self_hosted's $2/h, decode GPU at $1/h; power 0
+    assert r["usd_per_session"] == pytest.approx(hourly / 3600 / r["max_sessions_per_s_per_instance"],
+                                                 rel=1e-9)
+
+
+def test_a_plan_without_a_grid_has_only_its_listed_candidates():
+    from replay.plan import candidates
+
+    plan = OmegaConf.create({"candidates": [{"name": "a", "overrides": ["instances=2"]}]})
+    assert candidates(plan) == [("a", ["instances=2"])]  # no extra empty candidate from the grid

@@ -122,6 +122,7 @@ class OffloadEngine:
         self.timeline: list[dict[str, Any]] = []
         self._next_sample = 0.0
         self._last_busy: dict[str, float] = {}
+        self.kv_link: tuple[float, float] | None = None  # disaggregated decode: (bytes/s per GPU, latency)
 
     def _tier_resource(self, inst: int, tier: TierSpec, direction: str) -> Resource:
         """A tier's own bandwidth in one direction (per GPU; the shared tier's is aggregate)."""
@@ -149,10 +150,26 @@ class OffloadEngine:
 
     # -- the protocol -----------------------------------------------------------------------
     def submit(self, request: Request, now: float) -> None:
+        self._enqueue(request, now)
+
+    def receive(self, request: Request, now: float, nbytes: float, source: Resource) -> None:
+        """A disaggregated decode: queue a call whose prompt KV (``nbytes`` over the whole
+        instance) a prefill instance computed. Once admitted (its KV fits), the KV comes over
+        ``source`` (the prefill instance's side of the link) and this instance's ``kv_in``
+        (``kv_link``: per-GPU bandwidth, latency); then one step computes the last prompt
+        position again and samples the first token (as a decode instance does on a full
+        prefix hit), and decoding follows."""
+        if self.kv_link is None:
+            raise ConfigError("this engine has no KV link (set kv_link for a decode pool)")
+        self._enqueue(request, now, nbytes, source)
+
+    def _enqueue(self, request: Request, now: float, transfer_bytes: float = 0.0,
+                 source: Resource | None = None) -> None:
         self._advance_clock(now)
         blocks = self.deployment.blocks(request.blocks)
         inst = self.instances[self._route(request.session_id, blocks)]
-        seq = Seq(request=request, blocks=blocks, arrival_s=now, target_tokens=request.input_tokens)
+        seq = Seq(request=request, blocks=blocks, arrival_s=now, target_tokens=request.input_tokens,
+                  transfer_bytes=transfer_bytes, transfer_src=source)
         inst.waiting.append(seq)
         inst.interrupt(now)
         if inst.step is None:
@@ -259,6 +276,7 @@ class OffloadEngine:
         if seq.blocked_need is not None and seq.blocked_need > cache.free_blocks() and inst.running:
             return False  # still no room for what it needed when it last failed to fit
         reusable = reusable_blocks(req.input_tokens, bs)
+        transfer = seq.transfer_src is not None
         local, shared_hits, need = self._found(inst, seq, reusable)
         if need > cache.free_blocks() and inst.running:
             seq.blocked_need = need
@@ -273,7 +291,9 @@ class OffloadEngine:
         seq.blocked_need = None
         limit = reusable
         lower = local_total - local[0] + shared_hits
-        if lower and self.load_policy == "if_faster" and \
+        if transfer:  # the prompt's KV comes over the link: use what HBM holds, load nothing
+            limit, shared_hits = local[0], 0
+        elif lower and self.load_policy == "if_faster" and \
                 self._load_estimate(local, shared_hits) >= self.roofline.prefill_s(lower * bs, local[0] * bs):
             limit, shared_hits = local[0], 0  # recomputing those blocks beats loading them
         load = self._new_load(inst)
@@ -299,6 +319,8 @@ class OffloadEngine:
             self._start_read(inst, load, 1, (seq.swapped_tokens - seq.context) * self.kv_gpu_token, now, seq)
             seq.context = seq.swapped_tokens
         seq.swapped_tokens = 0
+        if transfer:
+            self._start_transfer(inst, load, seq, now)
         seq.prefill_left = max(seq.target_tokens - seq.context, 0)
         if load.flows:
             load.waiters.append(seq)
@@ -356,6 +378,21 @@ class OffloadEngine:
         load.flows += 1
         if seq is not None:
             seq.loaded_bytes += bytes_per_gpu * self.tp
+
+    def _start_transfer(self, inst: Instance, load: _Load, seq: Seq, now: float) -> None:
+        """Pull a disaggregated call's prompt KV from its prefill instance as part of ``load``.
+        Each of this instance's GPUs receives its shard over its own NIC (``kv_in``); the prefill
+        side's resource carries all of them. Once: a call preempted later recomputes (vLLM)."""
+        bw, latency = self.kv_link
+        kv_in = self.fabric.resource(f"instance{inst.index}.kv_in", bw)
+        key = next(self._seq)
+        self.fabric.start(key, [(seq.transfer_src, float(self.tp)), (kv_in, 1.0)],
+                          seq.transfer_bytes / self.tp, latency, now)
+        self._transfers_changed()
+        self._flows[key] = (load, inst.index, 0, None)
+        load.flows += 1
+        seq.transfer_src = None
+        seq.context = max(seq.context, seq.target_tokens - 1)  # the last position is computed here
 
     def _note_write(self, inst: int, blocks: int, src: int, dst: int | None) -> None:
         """A cache wrote blocks down (demotion or write-through): started once the event settles."""

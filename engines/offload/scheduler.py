@@ -61,6 +61,10 @@ class Seq:
     status: Status = Status.WAITING
     swap_out_pending: bool = False  # preempted in swap mode, KV still being written out
     load_started_s: float = 0.0
+    # disaggregated decode: the prompt's KV (bytes, whole instance) comes over the link from a
+    # prefill instance's resource ``transfer_src`` at admission, instead of being prefilled here
+    transfer_bytes: float = 0.0
+    transfer_src: object = None
 
 
 @dataclass
