@@ -81,7 +81,7 @@ def test_pd_needs_the_offload_engine_and_known_hardware(tmp_path):
 def test_without_reuse_long_prompts_decode_faster_on_a_separate_pool_at_the_same_gpu_count(tmp_path):
     # 12 calls of 30k fresh tokens, one a second, 300 tokens out: colocated, each prefill chunk
     # (8,192 tokens) stalls every call decoding on its instance; split, decode steps run alone
-    rows = [row(f"s{i}", 0, 30_000, list(range(1000 * i + 1, 1000 * i + 470)), output_tokens=300,
+    rows = [row(f"s{i}", 0, 30_000, list(range(1000 * i + 1, 1000 * i + 469)), output_tokens=300,
                 arrival_s=float(i)) for i in range(12)]
     path = write(tmp_path / "long.parquet", rows, block_size=64)
     base = ["engine=offload", "model=llama3_1_8b", "hardware=h100_sxm", "trace=file", f"trace.path={path}",
