@@ -24,7 +24,8 @@ def _trace(path):
     for k, s in enumerate(FAULTS):
         base = 1000 * (k + 1)
         rows.append(row(s, 0, 8, [base + 1, base + 2], output_tokens=4, arrival_s=0.01 * k))
-        rows.append(row(s, 1, 16, [base + 9], parent=f"{s}-0", kept=3, output_tokens=2, think_s=0.0))
+        rows.append(row(s, 1, 16, [base + 9], parent=f"{s}-0", kept=3, output_tokens=2, think_s=0.0,
+                        arrival_s=0.01 * k))
     (path / "trace").mkdir()
     return write(path / "trace" / "faults.parquet", rows, block_size=BS)
 

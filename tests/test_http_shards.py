@@ -27,8 +27,10 @@ def _trace(path: Path) -> Path:
     for k, s in enumerate(SESSIONS):
         base = 100 * (k + 1)
         rows.append(row(s, 0, 8, [base + 1, base + 2], output_tokens=4, arrival_s=0.01 * k))
-        rows.append(row(s, 1, 16, [base + 9], parent=f"{s}-0", kept=3, output_tokens=4, think_s=0.01))
-        rows.append(row(s, 2, 21, [base + 20], parent=f"{s}-1", kept=4, output_tokens=2, think_s=0.01))
+        rows.append(row(s, 1, 16, [base + 9], parent=f"{s}-0", kept=3, output_tokens=4, think_s=0.01,
+                        arrival_s=0.01 * k + 0.01))
+        rows.append(row(s, 2, 21, [base + 20], parent=f"{s}-1", kept=4, output_tokens=2, think_s=0.01,
+                        arrival_s=0.01 * k + 0.02))
     return write(path, rows, block_size=4)
 
 
