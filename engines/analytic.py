@@ -7,10 +7,19 @@ call's load still landing) to reach HBM. Prefills of one instance run one at a t
 at the whole instance's speed (a serving engine's prefill runs its chunks in order, and one
 prefill already saturates the GPUs' compute, so processor sharing would only delay every
 call's first token); every chunk step of it also carries the instance's decoding batch (a
-mixed step costs the sum of its phases). A call's decode then runs at the batch decoding when
-it starts. Its prompt blocks become reusable when its prefill ends, its output blocks when it
-finishes. Writes to lower tiers are not timed here (the offload engine times them). Fast
-enough for millions of calls.
+mixed step costs the sum of its phases). A call decodes one token per ``tpot``, the decode
+step of the batch decoding when it starts, in steps without a prefill chunk; while a prefill
+runs, every call decoding beside it makes one token per chunk step instead, so its finish
+moves by the time it overlaps the prefill less the tokens it made in those steps (or lands
+inside the prefill, at the step that makes its last token). Finishes are re-keyed lazily: a
+delayed call's old event re-queues it when it comes up. GPU time is booked in time order:
+each prefill span whole to the prefilling call (its mixed steps included), each stretch of
+pure decode split evenly among the calls decoding then, so what an instance's calls are booked
+is tp x its busy time, never more. Its prompt blocks become reusable when its prefill ends,
+its output blocks when it finishes. Writes to lower tiers are not timed here (the offload
+engine times them). Not modelled: a call's tpot does not follow later changes of the batch
+(only prefill stalls move it), a prefill's steps keep the batch they started with, and a
+chunk step always carries a whole chunk. Fast enough for millions of calls.
 """
 
 from __future__ import annotations
