@@ -7,10 +7,19 @@ call's load still landing) to reach HBM. Prefills of one instance run one at a t
 at the whole instance's speed (a serving engine's prefill runs its chunks in order, and one
 prefill already saturates the GPUs' compute, so processor sharing would only delay every
 call's first token); every chunk step of it also carries the instance's decoding batch (a
-mixed step costs the sum of its phases). A call's decode then runs at the batch decoding when
-it starts. Its prompt blocks become reusable when its prefill ends, its output blocks when it
-finishes. Writes to lower tiers are not timed here (the offload engine times them). Fast
-enough for millions of calls.
+mixed step costs the sum of its phases). A call decodes one token per ``tpot``, the decode
+step of the batch decoding when it starts, in steps without a prefill chunk; while a prefill
+runs, every call decoding beside it makes one token per chunk step instead, so its finish
+moves by the time it overlaps the prefill less the tokens it made in those steps (or lands
+inside the prefill, at the step that makes its last token). Finishes are re-keyed lazily: a
+delayed call's old event re-queues it when it comes up. GPU time is booked in time order:
+each prefill span whole to the prefilling call (its mixed steps included), each stretch of
+pure decode split evenly among the calls decoding then, so what an instance's calls are booked
+is tp x its busy time, never more. Its prompt blocks become reusable when its prefill ends,
+its output blocks when it finishes. Writes to lower tiers are not timed here (the offload
+engine times them). Not modelled: a call's tpot does not follow later changes of the batch
+(only prefill stalls move it), a prefill's steps keep the batch they started with, and a
+chunk step always carries a whole chunk. Fast enough for millions of calls.
 """
 
 from __future__ import annotations
@@ -42,6 +51,10 @@ class _Running:
     acquired: Acquired
     decode_blocks: int
     completion: Completion
+    tpot: float = 0.0  # seconds per token in steps without a prefill chunk (the batch at its join)
+    context: float = 0.0  # its mean context over its decode
+    event_at: float = -1.0  # time of its live FINISHED event (others for it are stale)
+    share_at_join: float = 0.0  # the instance's decode share integral when it started decoding
 
 
 class AnalyticEngine:
@@ -72,8 +85,14 @@ class AnalyticEngine:
         self._running: list[set[_Running]] = [set() for _ in range(d.instances)]
         self._waiting: list[deque[Request]] = [deque() for _ in range(d.instances)]
         self._prefill_free_at = [0.0] * d.instances  # when each instance's prefill server frees up
-        self._decoding: list[list[tuple[float, float]]] = [[] for _ in range(d.instances)]  # (end, ctx)
-        self._decoding_ctx = [0.0] * d.instances
+        self._decoding: list[list[_Running]] = [[] for _ in range(d.instances)]  # scheduled decodes
+        # GPU time booked in time order (see _account): prefill spans not yet passed, the time
+        # accounted up to, the calls decoding then, and the integral of dt / batch over the
+        # instance's pure-decode time
+        self._prefill_spans: list[deque[tuple[float, float]]] = [deque() for _ in range(d.instances)]
+        self._booked_to = [0.0] * d.instances
+        self._batch = [0] * d.instances
+        self._share = [0.0] * d.instances
         self._land_at: dict[int, float] = {}  # load id -> when its blocks land
         self._events: list[tuple[float, int, int, int, Any]] = []
         self._seq = itertools.count()
@@ -130,22 +149,27 @@ class AnalyticEngine:
             cache.landed(load_id)
         ready = max([now + load_s, *(self._land_at[w] for w in acquired.waits)])
         start = max(now if self.overlap_load else ready, self._prefill_free_at[inst])
-        prefill_s = self._prefill_s(inst, start, prefilled, reused_tokens)
-        first_token = max(start + prefill_s, ready)
-        self._prefill_free_at[inst] = start + prefill_s
-        batch, tpot = self._join_decode(inst, first_token, request)
-        decode_s = tpot * max(request.output_tokens - 1, 0)
-        finish = first_token + decode_s
-        heapq.heappush(self._decoding[inst], (finish, self._context(request)))
-        self._decoding_ctx[inst] += self._context(request)
+        decoding = self._decoding_from(inst, start)
+        prefill_s, steps = self._prefill_s(decoding, prefilled, reused_tokens)
+        end = start + prefill_s
+        if prefill_s > 0:
+            self._stall(decoding, start, end, steps)
+            self._prefill_spans[inst].append((start, end))
+        first_token = max(end, ready)
+        self._prefill_free_at[inst] = end
+        context = self._context(request)
+        batch = 1 + sum(1 for r in decoding if r.completion.finish_s > first_token)
+        mean_ctx = (context + sum(r.context for r in decoding if r.completion.finish_s > first_token)) / batch
+        tpot = self.roofline.decode_step_s(batch, mean_ctx)
+        finish = first_token + tpot * max(request.output_tokens - 1, 0)
         completion = Completion(
             request_id=request.request_id, instance=inst, start_s=now, first_token_s=first_token,
             finish_s=finish, prefilled_tokens=prefilled,
             reused_tokens_by_tier={n: h * bs for n, h in zip(self.tier_names, hits, strict=True)},
-            loaded_bytes=loaded_bytes, gpu_s=self.tp * (prefill_s + decode_s / batch),
-            load_s=ready - now,
+            loaded_bytes=loaded_bytes, gpu_s=self.tp * prefill_s, load_s=ready - now,
         )
-        running = _Running(request, blocks, acquired, decode_blocks, completion)
+        running = _Running(request, blocks, acquired, decode_blocks, completion, tpot, context, finish)
+        decoding.append(running)
         self._running[inst].add(running)
         self._push(first_token, PREFILLED, running)
         self._push(finish, FINISHED, running)
@@ -155,33 +179,71 @@ class AnalyticEngine:
         """A call's mean context over its decode."""
         return request.input_tokens + request.output_tokens / 2
 
-    def _prefill_s(self, inst: int, start: float, new_tokens: int, cached_tokens: int) -> float:
-        """The prefill's chunk steps, each also decoding the batch decoding at its start."""
+    def _decoding_from(self, inst: int, t: float) -> list[_Running]:
+        """The calls of an instance still decoding at ``t``, those finished dropped (asked at
+        non-decreasing times: prefills run in order, so everything decoding started before)."""
+        live = self._decoding[inst]
+        if any(r.completion.finish_s <= t for r in live):
+            live = self._decoding[inst] = [r for r in live if r.completion.finish_s > t]
+        return live
+
+    def _prefill_s(self, decoding: list[_Running], new_tokens: int, cached_tokens: int) -> tuple[float, int]:
+        """(time, chunk steps) of a prefill whose every chunk step also decodes ``decoding``."""
         if new_tokens <= 0:
-            return 0.0
+            return 0.0, 0
         roof = self.roofline
         alone = roof.prefill_s(new_tokens, cached_tokens)
-        batch = self._decoding_at(inst, start)
-        if not batch:
-            return alone
         chunk = min(new_tokens, self.max_batched_tokens)
-        mean_ctx = self._decoding_ctx[inst] / batch
+        steps = math.ceil(new_tokens / chunk)
+        if not decoding:
+            return alone, steps
+        batch = len(decoding)
+        mean_ctx = sum(r.context for r in decoding) / batch
         with_decode = roof.step_s([(chunk, cached_tokens)], batch, mean_ctx)
-        return alone + math.ceil(new_tokens / chunk) * (with_decode - roof.step_s([(chunk, cached_tokens)]))
+        return alone + steps * (with_decode - roof.step_s([(chunk, cached_tokens)])), steps
 
-    def _decoding_at(self, inst: int, t: float) -> int:
-        """Calls of an instance decoding at ``t`` (asked at non-decreasing times: prefills run
-        in order, so everything decoding started before)."""
-        heap = self._decoding[inst]
-        while heap and heap[0][0] <= t:
-            self._decoding_ctx[inst] -= heapq.heappop(heap)[1]
-        return len(heap)
+    def _stall(self, decoding: list[_Running], start: float, end: float, steps: int) -> None:
+        """A prefill of ``steps`` chunk steps runs over [start, end): a call decoding then makes
+        one token a step instead of one a ``tpot``, so its finish moves by the time it overlaps
+        the prefill less its tokens made in those steps (or into the prefill, if it ends there).
+        A later finish is picked up when its old event comes up; an earlier one is pushed now."""
+        span = end - start
+        for r in decoding:
+            c = r.completion
+            a = start if c.first_token_s < start else c.first_token_s
+            if a >= end:
+                continue
+            in_steps = steps * (end - a) / span
+            left = (c.finish_s - a) / r.tpot if r.tpot > 0 else 0.0
+            if left <= in_steps:
+                finish = a + left * span / steps
+            else:
+                finish = c.finish_s + (end - a) - in_steps * r.tpot
+            if finish < r.event_at:
+                r.event_at = finish
+                self._push(finish, FINISHED, r)
+            c.finish_s = finish
 
-    def _join_decode(self, inst: int, t: float, request: Request) -> tuple[int, float]:
-        """(batch, time per output token) of a call that starts decoding at ``t``."""
-        batch = self._decoding_at(inst, t) + 1
-        mean_ctx = (self._decoding_ctx[inst] + self._context(request)) / batch
-        return batch, self.roofline.decode_step_s(batch, mean_ctx)
+    def _account(self, inst: int, t: float) -> None:
+        """Book the instance's pure-decode time up to ``t`` to the calls decoding: each gets its
+        share dt / batch (prefill spans are booked whole to the prefilling call), so the GPU
+        time booked never exceeds tp x the instance's busy time."""
+        last = self._booked_to[inst]
+        if t <= last:
+            return
+        spans, in_prefill = self._prefill_spans[inst], 0.0
+        while spans and spans[0][0] < t:
+            s, e = spans[0]
+            if e <= t:
+                in_prefill += e - s
+                spans.popleft()
+            else:
+                in_prefill += t - s
+                spans[0] = (t, e)
+                break
+        if self._batch[inst]:
+            self._share[inst] += (t - last - in_prefill) / self._batch[inst]
+        self._booked_to[inst] = t
 
     def _push(self, t: float, kind: int, what: Any) -> None:
         heapq.heappush(self._events, (t, kind, next(self._seq), what))
@@ -199,10 +261,22 @@ class AnalyticEngine:
                 self.caches[inst].landed(load_id)
                 continue
             inst = what.completion.instance
+            if kind == FINISHED and t != what.event_at:
+                continue  # stale: its finish was moved
+            if kind == FINISHED and t < what.completion.finish_s:
+                what.event_at = what.completion.finish_s  # delayed by prefills since: re-key
+                self._push(what.event_at, FINISHED, what)
+                continue
+            self._account(inst, t)
             cache = self.caches[inst]
             if kind == PREFILLED:  # its prompt is computed: reusable by any later call
                 cache.commit(what.acquired, len(what.blocks), t)
+                what.share_at_join = self._share[inst]
+                self._batch[inst] += 1
             else:
+                what.event_at = -1.0
+                self._batch[inst] -= 1
+                what.completion.gpu_s += self.tp * (self._share[inst] - what.share_at_join)
                 output = self.deployment.output_blocks(what.request) if self.cache_output_blocks else None
                 cache.reserved -= what.decode_blocks
                 cache.release(what.acquired, t, output)
