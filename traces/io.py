@@ -13,17 +13,27 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import polars as pl
 
 from traces.schema import SCHEMA, SEGMENT_TYPE, TraceError, TraceMeta
 
 # What reading a damaged or foreign file can raise, turned into one TraceError line by ``reading``.
-READ_ERRORS = (pa.ArrowException, pl.exceptions.PolarsError, OSError, OverflowError, UnicodeDecodeError)
+READ_ERRORS = (pa.ArrowException, OSError, OverflowError, UnicodeDecodeError)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged trace raises, polars' errors included: polars is imported only
+    when an error is being handled (an importer writing a trace never loads it)."""
+    import polars as pl
+
+    return (*READ_ERRORS, pl.exceptions.PolarsError)
 
 DEFAULT_ROW_GROUP = 65_536
 
@@ -180,7 +190,9 @@ def reading(path: str | os.PathLike) -> Iterator[None]:
     """Turn what reading a damaged trace raises (bad pages, wrong types, I/O) into one line."""
     try:
         yield
-    except READ_ERRORS as exc:
+    except Exception as exc:
+        if not isinstance(exc, _read_errors()):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TraceError(f"{path}: cannot read ({first[:200]})") from None
 
@@ -241,6 +253,8 @@ def check_schema(path: str | os.PathLike) -> TraceMeta:
 def scan(path: str | os.PathLike) -> pl.LazyFrame:
     """A lazy polars view of a trace, after checking that it is one with schema v1's columns.
     Collect it inside ``reading(path)`` to turn damaged pages into one line."""
+    import polars as pl
+
     check_schema(path)
     return pl.scan_parquet(str(path))
 
