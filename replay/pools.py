@@ -4,6 +4,7 @@ each with its own hardware, tp, count and GPU price. Cost and the run table coun
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,8 @@ def pool_figures(requests: Any, pools_: list[Pool], span_s: float, pricing: Any)
             "hardware": p.hardware.get("name"), "tp": p.tp, "count": p.count, "gpus": p.gpus,
             "gpu_hour_usd": p.gpu_hour_usd, "gpu_s": busy, "provisioned_gpu_s": prov,
             "gpu_utilisation": busy / prov if prov else None,
-            "provisioned_usd": (prov / 3600.0 * p.gpu_hour_usd
-                                + busy / 3600.0 * p.power_w / 1000.0 * pricing.pue * pricing.usd_per_kwh),
+            "provisioned_usd": dataclasses.replace(pricing, gpu_hour_usd=p.gpu_hour_usd).provisioned_cost(
+                p.gpus, span_s, busy, p.power_w),
         }
     n = requests.height
     out["ttft_split_s"] = {name: _pct(requests[col]) for name, col in SPLIT}
