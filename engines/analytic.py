@@ -158,8 +158,9 @@ class AnalyticEngine:
         first_token = max(end, ready)
         self._prefill_free_at[inst] = end
         context = self._context(request)
-        batch = 1 + sum(1 for r in decoding if r.completion.finish_s > first_token)
-        mean_ctx = (context + sum(r.context for r in decoding if r.completion.finish_s > first_token)) / batch
+        joined = [r for r in decoding if r.completion.finish_s > first_token]  # still decoding then
+        batch = 1 + len(joined)
+        mean_ctx = (context + sum(r.context for r in joined)) / batch
         tpot = self.roofline.decode_step_s(batch, mean_ctx)
         finish = first_token + tpot * max(request.output_tokens - 1, 0)
         completion = Completion(

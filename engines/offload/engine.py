@@ -371,11 +371,7 @@ class OffloadEngine:
                     seq: Seq | None) -> None:
         """Move ``bytes_per_gpu`` from a tier into HBM as part of ``load``."""
         latency = (self.shared_tier if tier is None else self.local_tiers[tier]).latency_s
-        key = next(self._seq)
-        self.fabric.start(key, self._path(inst.index, tier, "read"), bytes_per_gpu, latency, now)
-        self._transfers_changed()
-        self._flows[key] = (load, inst.index, 0, None)
-        load.flows += 1
+        self._start_flow(self._path(inst.index, tier, "read"), bytes_per_gpu, latency, now, load, inst.index)
         if seq is not None:
             seq.loaded_bytes += bytes_per_gpu * self.tp
 
@@ -385,12 +381,8 @@ class OffloadEngine:
         side's resource carries all of them. Once: a call preempted later recomputes (vLLM)."""
         bw, latency = self.kv_link
         kv_in = self.fabric.resource(f"instance{inst.index}.kv_in", bw)
-        key = next(self._seq)
-        self.fabric.start(key, [(seq.transfer_src, float(self.tp)), (kv_in, 1.0)],
-                          seq.transfer_bytes / self.tp, latency, now)
-        self._transfers_changed()
-        self._flows[key] = (load, inst.index, 0, None)
-        load.flows += 1
+        self._start_flow([(seq.transfer_src, float(self.tp)), (kv_in, 1.0)], seq.transfer_bytes / self.tp,
+                         latency, now, load, inst.index)
         seq.transfer_src = None
         seq.context = max(seq.context, seq.target_tokens - 1)  # the last position is computed here
 
@@ -411,11 +403,20 @@ class OffloadEngine:
         draining = math.ceil(tokens / self.block_size) if leaves_hbm else 0
         cache.draining += draining
         tier = self.shared_tier if dst is None else self.local_tiers[dst]
+        self._start_flow(self._path(inst, dst, "write"), tokens * self.kv_gpu_token, tier.latency_s, now,
+                         None, inst, draining, swapped)
+
+    def _start_flow(self, path: list[tuple[Resource, float]], bytes_per_gpu: float, latency_s: float,
+                    now: float, load: _Load | None, inst: int, draining: int = 0,
+                    swapped: Seq | None = None) -> None:
+        """Start one fabric flow: a read or transfer counted in ``load``, or a write (no load) that
+        frees ``draining`` HBM blocks and may readmit ``swapped`` once done."""
         key = next(self._seq)
-        self.fabric.start(key, self._path(inst, dst, "write"), tokens * self.kv_gpu_token, tier.latency_s,
-                          now)
+        self.fabric.start(key, path, bytes_per_gpu, latency_s, now)
         self._transfers_changed()
-        self._flows[key] = (None, inst, draining, swapped)
+        self._flows[key] = (load, inst, draining, swapped)
+        if load is not None:
+            load.flows += 1
 
     def _finish_transfers(self, now: float) -> None:
         if self.fabric.next_completion() > now:
