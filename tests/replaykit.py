@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -41,3 +44,21 @@ def simple_decode_step_s(context: float) -> float:
     """One batch-1 decode step of SIMPLE at ``context`` (compute-bound): one token through the
     dense weights and the lm_head, 4 x context attention."""
     return (2 * (5e8 - 2 * SIMPLE_HEAD) + 2 * SIMPLE_HEAD + 4 * context) / SIMPLE_FLOPS
+
+
+def run_two_lone_calls(tmp_path: Path, overrides: list[str]) -> dict[str, Any]:
+    """Two one-call sessions, 12-token prompts sharing nothing and 2 output tokens, sent at 0 and
+    2 s (open mode) to 2 SIMPLE instances: each takes one prefill and one decode step, nobody
+    queues. Returns the run's summary."""
+    from tracekit import row, write
+
+    from replay.app import run
+
+    path = write(tmp_path / "t.parquet", [
+        row("x", 0, 12, [1, 2, 3], output_tokens=2, arrival_s=0.0),
+        row("y", 0, 12, [4, 5, 6], output_tokens=2, arrival_s=2.0),
+    ])
+    out = tmp_path / "run"
+    out.mkdir()
+    return run(compose_cfg([*SIMPLE, "instances=2", "replay.mode=open", "trace=file", f"trace.path={path}",
+                            *overrides]), out)

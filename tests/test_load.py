@@ -131,21 +131,10 @@ def test_report_columns_are_human_with_units():
 
 
 def test_a_run_reports_the_load_figures_by_hand(tmp_path):
-    # test_money's two lone calls: 12-token prompts, 2 output tokens, sent at 0 and 2 s (open
-    # mode) to 2 one-GPU instances: each takes one prefill and one decode step, nobody queues.
-    from replaykit import SIMPLE, compose_cfg, simple_decode_step_s, simple_prefill_s
-    from tracekit import row, write
+    # two lone calls (replaykit.run_two_lone_calls): each takes one prefill and one decode step
+    from replaykit import run_two_lone_calls, simple_decode_step_s, simple_prefill_s
 
-    from replay.app import run
-
-    path = write(tmp_path / "t.parquet", [
-        row("x", 0, 12, [1, 2, 3], output_tokens=2, arrival_s=0.0),
-        row("y", 0, 12, [4, 5, 6], output_tokens=2, arrival_s=2.0),
-    ])
-    out = tmp_path / "run"
-    out.mkdir()
-    s = run(compose_cfg([*SIMPLE, "instances=2", "replay.mode=open", "trace=file", f"trace.path={path}",
-                         "plots=false"]), out)
+    s = run_two_lone_calls(tmp_path, ["plots=false"])
     one_call = simple_prefill_s(12) + simple_decode_step_s(12 + 1)
     span = 2.0 + one_call
     assert s["e2e_s"]["p50"] == pytest.approx(one_call, rel=1e-9)

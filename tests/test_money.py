@@ -8,7 +8,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-from replaykit import SIMPLE, compose_cfg, simple_decode_step_s, simple_prefill_s
+from replaykit import SIMPLE, compose_cfg, run_two_lone_calls, simple_decode_step_s, simple_prefill_s
 from tracekit import row, write
 
 from replay.api_cache import ApiPricing, ModelPrices, ProviderPromptCache
@@ -28,15 +28,8 @@ def test_provisioned_cost_of_two_calls_by_hand(tmp_path):
     # Two lone calls, 12-token prompts and 2 output tokens, sent at 0 and 2 s (open mode) to 2
     # instances of 1 GPU. $3.60/GPU-hour = $0.001/GPU-s; 1 kW at PUE 1 and $3.60/kWh = $0.001 per
     # busy GPU-s of energy.
-    path = write(tmp_path / "t.parquet", [
-        row("x", 0, 12, [1, 2, 3], output_tokens=2, arrival_s=0.0),
-        row("y", 0, 12, [4, 5, 6], output_tokens=2, arrival_s=2.0),
-    ])
-    out = tmp_path / "run"
-    out.mkdir()
-    s = run(compose_cfg([*SIMPLE, "instances=2", "replay.mode=open", "hardware.power_w=1000",
-                         "pricing.self_hosted.gpu_hour_usd=3.6", "pricing.self_hosted.pue=1.0",
-                         "pricing.self_hosted.usd_per_kwh=3.6", "trace=file", f"trace.path={path}"]), out)
+    s = run_two_lone_calls(tmp_path, ["hardware.power_w=1000", "pricing.self_hosted.gpu_hour_usd=3.6",
+                                      "pricing.self_hosted.pue=1.0", "pricing.self_hosted.usd_per_kwh=3.6"])
     one_call = prefill(12) + decode_step(12 + 1)  # decode at context input + output / 2
     span = 2.0 + one_call  # first send (0) to last finish (y-0's)
     busy = 2 * one_call
