@@ -263,4 +263,12 @@ def read_table(path: str | os.PathLike) -> pa.Table:
     """The whole trace as an Arrow table (small traces, tests)."""
     read_meta(path)
     with reading(path):
-        return pq.read_table(str(path), page_checksum_verification=True)
+        return read_verified(path)
+
+
+def read_verified(path: str | os.PathLike) -> pa.Table:
+    """Read every row group with page checksums verified (call inside ``reading``). Through
+    ParquetFile, not ``pq.read_table``: that loads pyarrow.dataset and pyarrow.compute (~0.07 s
+    of a command's start-up) to read one file."""
+    with pq.ParquetFile(str(path), page_checksum_verification=True) as f:
+        return f.read()

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from traces.errors import TraceError
-from traces.io import read_meta, reading, schema_problems
+from traces.io import read_meta, read_verified, reading, schema_problems
 from traces.schema import SEGMENT_KINDS
 
 
@@ -26,7 +25,7 @@ def validate(path: str | os.PathLike) -> list[str]:
     if problems:
         return problems
     with reading(path):
-        df = pl.from_arrow(pq.read_table(path, page_checksum_verification=True))
+        df = pl.from_arrow(read_verified(path))
         return [f"{path}: row {row} (request_id {rid}): {column}: {reason}"
                 for row, rid, column, reason in _row_problems(df.with_row_index("row"), meta.block_size)]
 
