@@ -179,19 +179,26 @@ def _odd_for(rng: np.random.Generator, kind: pa.DataType) -> Any:
 
 def _invoke(args: list[str], tally: Tally, slow_s: float) -> int:
     t0 = time.perf_counter()
-    result = CliRunner().invoke(traces_cli, args, catch_exceptions=True)
+    try:
+        result = CliRunner().invoke(traces_cli, args, catch_exceptions=True)
+        exception, exc_tb = result.exception, result.exc_info and result.exc_info[2]
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a Rust panic in a library (pyo3's PanicException) is no Exception
+        result, exception, exc_tb = None, exc, exc.__traceback__
     tally.runs += 1
     if time.perf_counter() - t0 > slow_s:
         tally.slow += 1
         tally.examples.append(f"slow ({time.perf_counter() - t0:.1f} s): traces {' '.join(args)}")
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
+    if exception is not None and not isinstance(exception, SystemExit):
         tally.tracebacks += 1
-        frame = traceback.extract_tb(result.exc_info[2])[-1]
-        where = f"{type(result.exception).__name__} @ {Path(frame.filename).name}:{frame.lineno}"
+        frame = traceback.extract_tb(exc_tb)[-1]
+        where = f"{type(exception).__name__} @ {Path(frame.filename).name}:{frame.lineno}"
         if where not in tally.distinct:
-            tally.examples.append(f"{where}: traces {' '.join(args)}: {str(result.exception)[:200]}")
+            tally.examples.append(f"{where}: traces {' '.join(args)}: {str(exception)[:200]}")
         tally.distinct[where] += 1
         return -1
+    assert result is not None
     if result.exit_code not in (0, 1):
         tally.bad_exit += 1
         tally.examples.append(f"exit {result.exit_code}: traces {' '.join(args)}")

@@ -113,6 +113,21 @@ def test_source_metadata_that_is_json_but_not_an_object(tmp_path):
         assert one_error_line(traces(*args)) == f"error: {bad}: source metadata is JSON list, not an object"
 
 
+def test_metadata_that_is_not_utf8_is_one_line(tmp_path):
+    # seed 20 of the fuzz: a byte flipped in a footer metadata value panicked polars (a Rust
+    # panic, not an exception) in validate's row checks; polars' own reader calls it invalid.
+    # Every command now refuses it with the same line.
+    good = good_trace(tmp_path / "good.parquet")
+    table = pq.read_table(good)
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"note": b"\xff\xfe"}), bad)
+    for args in (["validate", bad], ["inspect", bad],
+                 ["export", "mooncake", bad, "--out", tmp_path / "o.jsonl", "--block-size", "4"]):
+        assert one_error_line(traces(*args)) == \
+            f"error: {bad}: footer metadata 'note' is not UTF-8 text (a damaged file?)"
+    no_debris(tmp_path)
+
+
 @pytest.mark.parametrize("column,value,at,reason", [  # the 10-minute fuzz's five tracebacks
     ("output_tokens", None, 0, "row 0 (request_id a-0): output_tokens: null < 0"),
     ("output_tokens", -1, 2, "row 2 (request_id b-0): output_tokens: -1 < 0"),
