@@ -113,18 +113,28 @@ def test_source_metadata_that_is_json_but_not_an_object(tmp_path):
         assert one_error_line(traces(*args)) == f"error: {bad}: source metadata is JSON list, not an object"
 
 
-def test_metadata_that_is_not_utf8_is_one_line(tmp_path):
-    # seed 20 of the fuzz: a byte flipped in a footer metadata value panicked polars (a Rust
-    # panic, not an exception) in validate's row checks; polars' own reader calls it invalid.
-    # Every command now refuses it with the same line.
+@pytest.mark.parametrize("copy", ["arrow_schema", "footer"])
+def test_metadata_that_is_not_utf8_is_one_line(tmp_path, copy):
+    # fuzz seed 20: a byte flipped in the footer's metadata (the copy pyarrow's read() restores,
+    # while its schema_arrow shows the good copy inside the Arrow schema) panicked polars (a Rust
+    # panic, no Exception) in validate's row checks. Every command now refuses either copy in the
+    # same line.
     good = good_trace(tmp_path / "good.parquet")
     table = pq.read_table(good)
     bad = tmp_path / "bad.parquet"
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"note": b"\xff\xfe"}), bad)
+    if copy == "arrow_schema":  # both copies damaged: what pyarrow writes for odd metadata
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"note": b"\xff\xfe"}), bad)
+        name = "note"
+    else:  # the footer's copy only: flip one byte of the source JSON where it stands as text
+        raw, source = good.read_bytes(), table.schema.metadata[b"source"]
+        assert raw.count(source) == 1
+        at = raw.index(source) + 1
+        bad.write_bytes(raw[:at] + b"\xa5" + raw[at + 1:])
+        name = "source"
     for args in (["validate", bad], ["inspect", bad],
                  ["export", "mooncake", bad, "--out", tmp_path / "o.jsonl", "--block-size", "4"]):
         assert one_error_line(traces(*args)) == \
-            f"error: {bad}: footer metadata 'note' is not UTF-8 text (a damaged file?)"
+            f"error: {bad}: footer metadata '{name}' is not UTF-8 text (a damaged file?)"
     no_debris(tmp_path)
 
 

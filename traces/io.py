@@ -227,7 +227,20 @@ def _open(path: str | os.PathLike) -> pq.ParquetFile:
 
 def read_meta(path: str | os.PathLike) -> TraceMeta:
     """The trace's metadata, checked; raises TraceError for files we cannot use."""
-    return TraceMeta.from_arrow(str(path), _open(path).schema_arrow.metadata)
+    pf = _open(path)
+    for metadata in (pf.metadata.metadata, pf.schema_arrow.metadata):  # the footer's, its Arrow schema's copy
+        _check_text(path, metadata)
+    return TraceMeta.from_arrow(str(path), pf.schema_arrow.metadata)
+
+
+def _check_text(path: str | os.PathLike, metadata: dict[bytes, bytes] | None) -> None:
+    """Key-value metadata is text: other bytes (a damaged footer) panic polars as it reads."""
+    for key, value in (metadata or {}).items():
+        try:
+            key.decode(), value.decode()
+        except UnicodeDecodeError:
+            raise TraceError(f"{path}: footer metadata {key.decode(errors='replace')!r} is not UTF-8 text "
+                             "(a damaged file?)") from None
 
 
 def arrow_schema(path: str | os.PathLike) -> pa.Schema:

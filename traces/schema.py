@@ -79,12 +79,6 @@ class TraceMeta:
     def from_arrow(cls, path: str, metadata: dict[bytes, bytes] | None) -> TraceMeta:
         """Parse and check the metadata keys; raise TraceError naming the file on any problem."""
         metadata = metadata or {}
-        for key, value in metadata.items():  # key-value metadata is text; polars panics on other bytes
-            try:
-                key.decode(), value.decode()
-            except UnicodeDecodeError:
-                raise TraceError(f"{path}: footer metadata {key.decode(errors='replace')!r} is not UTF-8 "
-                                 "text (a damaged file?)") from None
         for key in (b"schema_version", b"block_size", b"source"):
             if key not in metadata:
                 raise TraceError(f"{path}: not an agent-replay trace (metadata key "
