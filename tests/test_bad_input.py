@@ -16,7 +16,7 @@ from tracekit import row, write
 
 from traces.cli import main
 from traces.importers import import_trace
-from traces.io import TraceWriter
+from traces.io import TraceWriter, read_meta
 from traces.schema import SCHEMA, ConfigError, TraceError, TraceMeta
 from traces.synth import generate, load_config
 from traces.validate import validate
@@ -242,7 +242,25 @@ def test_token_counts_past_the_limit_are_bad_lines_and_the_limit_can_be_raised(t
     assert "above the limit of 10,000,000" in one_error_line(
         traces("import", "azure", big, "--out", tmp_path / "a.parquet", "--strict"))
     result = traces("import", "azure", big, "--out", tmp_path / "a.parquet", "--max-tokens", "30000000")
-    assert result.exit_code == 0 and validate(tmp_path / "a.parquet") == []
+    assert result.exit_code == 0 and validate(tmp_path / "a.parquet") == []  # the trace keeps its limit
+    assert read_meta(tmp_path / "a.parquet").max_tokens == 30_000_000
+
+
+def test_a_trace_asking_for_more_tokens_than_the_limit_is_one_line(tmp_path):
+    # fuzz seed 5: an int32-max output count in a 30-call trace had inspect hash 33M output
+    # blocks (27 s of CPU); every command now refuses the row first
+    good = good_trace(tmp_path / "good.parquet")
+    rows = pq.read_table(good).to_pylist()
+    rows[1]["output_tokens"] = 10_000_001
+    bad = rewrite(good, tmp_path / "bad.parquet", lambda t: pa.Table.from_pylist(rows, schema=t.schema))
+    reason = (f"{bad}: row 1 (request_id {rows[1]['request_id']}): output_tokens: 10000001 is above the "
+              "limit of 10,000,000 tokens (conf/limits.yaml; traces import --max-tokens)")
+    assert validate(bad) == [reason]
+    assert one_error_line(traces("inspect", bad)) == \
+        f"error: not inspected, the trace is invalid: {reason}; see traces validate"
+    rows[1]["output_tokens"] = 10_000_000  # at the limit: fine
+    assert validate(rewrite(good, tmp_path / "ok.parquet",
+                            lambda t: pa.Table.from_pylist(rows, schema=t.schema))) == []
 
 
 def test_a_tiny_azure_csv_asking_for_two_billion_tokens_is_rejected_without_the_work(tmp_path):

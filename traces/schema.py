@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any
 
 import pyarrow as pa
@@ -58,6 +60,13 @@ SEGMENT_KINDS = frozenset(
 )
 
 
+@cache
+def default_max_tokens() -> int:
+    """The bound on one call's prompt or output tokens, from conf/limits.yaml."""
+    import yaml
+
+    limits = yaml.safe_load(resources.files("conf").joinpath("limits.yaml").read_text())
+    return int(limits["max_tokens"])
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,14 @@ class TraceMeta:
     block_size: int
     source: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def max_tokens(self) -> int:
+        """The bound on one call's tokens this trace is checked against: conf/limits.yaml's, or
+        the higher one it was imported with (``traces import --max-tokens``, kept in its source)."""
+        declared = self.source.get("max_tokens")
+        ok = isinstance(declared, int) and not isinstance(declared, bool)
+        return max(default_max_tokens(), declared) if ok else default_max_tokens()
 
     def to_arrow(self) -> dict[bytes, bytes]:
         return {

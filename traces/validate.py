@@ -27,7 +27,8 @@ def validate(path: str | os.PathLike) -> list[str]:
     with reading(path):
         df = pl.from_arrow(read_verified(path))
         return [f"{path}: row {row} (request_id {rid}): {column}: {reason}"
-                for row, rid, column, reason in _row_problems(df.with_row_index("row"), meta.block_size)]
+                for row, rid, column, reason in _row_problems(df.with_row_index("row"), meta.block_size,
+                                                                        meta.max_tokens)]
 
 
 def check_rows(path: str | os.PathLike, refused: str) -> None:
@@ -46,8 +47,11 @@ def _show(column: str) -> pl.Expr:
     return pl.col(column).cast(pl.String).fill_null("null")
 
 
-def _row_problems(df: pl.DataFrame, block_size: int) -> list[tuple[int, str, str, str]]:
+def _row_problems(df: pl.DataFrame, block_size: int, max_tokens: int) -> list[tuple[int, str, str, str]]:
     bs = block_size
+    # a count past the bound would have every command hash and hold its blocks (2**31 output
+    # tokens: 33M block hashes, half a minute) for a call no served model takes
+    above = f"above the limit of {max_tokens:,} tokens (conf/limits.yaml; traces import --max-tokens)"
     parents = df.select(
         pl.col("request_id").alias("parent_id"),
         pl.col("session_id").alias("parent_session"),
@@ -94,6 +98,9 @@ def _row_problems(df: pl.DataFrame, block_size: int) -> list[tuple[int, str, str
          pl.format("{} < 1", _show("input_tokens"))),
         ("output_tokens", pl.col("output_tokens").is_null() | (pl.col("output_tokens") < 0),
          pl.format("{} < 0", _show("output_tokens"))),
+        ("input_tokens", pl.col("input_tokens") > max_tokens, pl.format(f"{{}} is {above}", "input_tokens")),
+        ("output_tokens", pl.col("output_tokens") > max_tokens,
+         pl.format(f"{{}} is {above}", "output_tokens")),
         ("think_s", pl.col("think_s").is_null() | pl.col("think_s").is_nan() | (pl.col("think_s") < 0),
          pl.format("{} is not a duration >= 0", _show("think_s"))),
         ("think_s", pl.col("think_s").is_infinite(), pl.lit("is infinite")),

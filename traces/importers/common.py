@@ -17,28 +17,18 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from traces.hashing import output_blocks_after
 from traces.io import TraceWriter
-from traces.schema import TraceError, TraceMeta
+from traces.schema import TraceError, TraceMeta, default_max_tokens
 
 EXAMPLES = 5
 MAX_HASH_ID = 2**64 - 1  # ids are stored as uint64
 SCHEMA_MAX_TOKENS = 2**31 - 1  # token counts are int32 columns
-
-
-@cache
-def default_max_tokens() -> int:
-    """The bound on one call's prompt or output tokens, from conf/limits.yaml."""
-    limits = yaml.safe_load(resources.files("conf").joinpath("limits.yaml").read_text())
-    return int(limits["max_tokens"])
 
 
 class Skip(Exception):
@@ -225,7 +215,8 @@ def write_trace(out: str | os.PathLike, calls: list[Call], block_size: int, work
         sessions.setdefault(c.session_id, []).append(c)
     meta = TraceMeta(block_size=block_size, source={
         **source, "skipped_lines": problems.skipped, "dropped": dict(problems.counted),
-        **({"counts": dict(problems.facts)} if problems.facts else {})})
+        **({"counts": dict(problems.facts)} if problems.facts else {}),
+        **({"max_tokens": problems.max_tokens} if problems.max_tokens > default_max_tokens() else {})})
     t0 = min(c.arrival_s for c in calls)
     with TraceWriter(out, meta, check=_valid) as writer:
         for session in sessions.values():
