@@ -247,8 +247,9 @@ def test_token_counts_past_the_limit_are_bad_lines_and_the_limit_can_be_raised(t
 
 
 def test_a_trace_asking_for_more_tokens_than_the_limit_is_one_line(tmp_path):
-    # fuzz seed 5: an int32-max output count in a 30-call trace had inspect hash 33M output
-    # blocks (27 s of CPU); every command now refuses the row first
+    # fuzz seed 20 (reproduced with seed 5 of fuzzkit.mutate_trace): an int32-max output count in a
+    # 30-call trace had inspect hash 33M output blocks (27 s of CPU); every command now refuses
+    # the row first
     good = good_trace(tmp_path / "good.parquet")
     rows = pq.read_table(good).to_pylist()
     rows[1]["output_tokens"] = 10_000_001
