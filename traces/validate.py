@@ -13,7 +13,7 @@ import polars as pl
 
 from traces.errors import TraceError
 from traces.io import read_meta, read_verified, reading, schema_problems
-from traces.schema import SEGMENT_KINDS
+from traces.schema import SEGMENT_KINDS, TraceMeta
 
 
 def validate(path: str | os.PathLike) -> list[str]:
@@ -27,8 +27,7 @@ def validate(path: str | os.PathLike) -> list[str]:
     with reading(path):
         df = pl.from_arrow(read_verified(path))
         return [f"{path}: row {row} (request_id {rid}): {column}: {reason}"
-                for row, rid, column, reason in _row_problems(df.with_row_index("row"), meta.block_size,
-                                                                        meta.max_tokens)]
+                for row, rid, column, reason in _row_problems(df.with_row_index("row"), meta)]
 
 
 def check_rows(path: str | os.PathLike, refused: str) -> None:
@@ -47,8 +46,8 @@ def _show(column: str) -> pl.Expr:
     return pl.col(column).cast(pl.String).fill_null("null")
 
 
-def _row_problems(df: pl.DataFrame, block_size: int, max_tokens: int) -> list[tuple[int, str, str, str]]:
-    bs = block_size
+def _row_problems(df: pl.DataFrame, meta: TraceMeta) -> list[tuple[int, str, str, str]]:
+    bs, max_tokens = meta.block_size, meta.max_tokens
     # a count past the bound would have every command hash and hold its blocks (2**31 output
     # tokens: 33M block hashes, half a minute) for a call no served model takes
     above = f"above the limit of {max_tokens:,} tokens (conf/limits.yaml; traces import --max-tokens)"
