@@ -28,7 +28,6 @@ from traces.schema import TraceError, TraceMeta, default_max_tokens
 
 EXAMPLES = 5
 MAX_HASH_ID = 2**64 - 1  # ids are stored as uint64
-SCHEMA_MAX_TOKENS = 2**31 - 1  # token counts are int32 columns
 
 
 class Skip(Exception):
