@@ -264,6 +264,23 @@ def test_a_trace_asking_for_more_tokens_than_the_limit_is_one_line(tmp_path):
                             lambda t: pa.Table.from_pylist(rows, schema=t.schema))) == []
 
 
+@pytest.mark.parametrize("declared", ["lots", True, 5, None])
+def test_a_declared_limit_that_is_not_a_higher_integer_is_the_default(tmp_path, declared):
+    # the source's max_tokens (written by an import with a raised --max-tokens) only raises the
+    # bound: text, a bool, a lower number or null leave conf/limits.yaml's 10,000,000
+    good = good_trace(tmp_path / "good.parquet")
+    table = pq.read_table(good)
+    source = {**json.loads(table.schema.metadata[b"source"]), "max_tokens": declared}
+    rows = table.to_pylist()
+    rows[1]["output_tokens"] = 10_000_001
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema).replace_schema_metadata(
+        {**table.schema.metadata, b"source": json.dumps(source).encode()}), bad)
+    assert read_meta(bad).max_tokens == 10_000_000
+    assert [p.split(": ", 3)[-1] for p in validate(bad)] == [
+        "10000001 is above the limit of 10,000,000 tokens (conf/limits.yaml; traces import --max-tokens)"]
+
+
 def test_a_tiny_azure_csv_asking_for_two_billion_tokens_is_rejected_without_the_work(tmp_path):
     src = tmp_path / "a.csv"
     src.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,2000000000,1\n")
