@@ -16,10 +16,12 @@ delayed call's old event re-queues it when it comes up. GPU time is booked in ti
 each prefill span whole to the prefilling call (its mixed steps included), each stretch of
 pure decode split evenly among the calls decoding then, so what an instance's calls are booked
 is tp x its busy time, never more. Its prompt blocks become reusable when its prefill ends,
-its output blocks when it finishes. Writes to lower tiers are not timed here (the offload
-engine times them). Not modelled: a call's tpot does not follow later changes of the batch
-(only prefill stalls move it), a prefill's steps keep the batch they started with, and a
-chunk step always carries a whole chunk. Fast enough for millions of calls.
+its output blocks when it finishes. A prefill's end needs no event of its own: it is applied,
+in time order, when its instance is next touched (a call routed there, a finish, a load
+landing), and nothing reads an instance in between. Writes to lower tiers are not timed here
+(the offload engine times them). Not modelled: a call's tpot does not follow later changes of
+the batch (only prefill stalls move it), a prefill's steps keep the batch they started with,
+and a chunk step always carries a whole chunk. Fast enough for millions of calls.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from engines.router import Router
 from engines.specs import ConfigError
 from traces.hashing import reusable_blocks
 
-LANDED, PREFILLED, FINISHED = 0, 1, 2  # event kinds, in the order they run at one instant
+LANDED, FINISHED = 0, 2  # event kinds, in the order they run at one instant (a prefill's end,
+# kind 1, runs between them: see _prefilled)
 
 
 @dataclass(slots=True, eq=False)
@@ -94,12 +97,17 @@ class AnalyticEngine:
         self._batch = [0] * d.instances
         self._share = [0.0] * d.instances
         self._land_at: dict[int, float] = {}  # load id -> when its blocks land
-        self._events: list[tuple[float, int, int, int, Any]] = []
+        self._events: list[tuple[float, int, int, Any]] = []
+        # prefills ended or to end, per instance: their ends are applied (prompt committed, the
+        # call joins the decode batch) lazily, just before anything else touches the instance
+        # at or after that time, so they cost no event of their own
+        self._prefilled: list[list[tuple[float, int, _Running]]] = [[] for _ in range(d.instances)]
         self._seq = itertools.count()
 
     def submit(self, request: Request, now: float) -> None:
         inst = self.router.pick(request.session_id, self._in_system, lambda i: sum(
-            self.caches[i].lookup(self.deployment.blocks(request.blocks))))
+            self._ended_prefills(i, now).lookup(self.deployment.blocks(request.blocks))))
+        self._end_prefills(inst, now)
         self._waiting[inst].append(request)
         self._start_waiting(inst, now)
         self._check(inst)
@@ -142,12 +150,14 @@ class AnalyticEngine:
                 nbytes = hits[t] * bs * self.kv_bytes_per_gpu_token
                 load_s += roof.load_s(self.tiers[t], nbytes)  # one after another over one host link
                 loaded_bytes += nbytes * self.tp
+        ready = now + load_s
         if load_s > 0:
-            self._land_at[load_id] = now + load_s
-            self._push(now + load_s, LANDED, (load_id, inst))
+            self._land_at[load_id] = ready
+            self._push(ready, LANDED, (load_id, inst))
         else:
             cache.landed(load_id)
-        ready = max([now + load_s, *(self._land_at[w] for w in acquired.waits)])
+        for w in acquired.waits:
+            ready = max(ready, self._land_at[w])
         start = max(now if self.overlap_load else ready, self._prefill_free_at[inst])
         decoding = self._decoding_from(inst, start)
         prefill_s, steps = self._prefill_s(decoding, prefilled, reused_tokens)
@@ -158,21 +168,23 @@ class AnalyticEngine:
         first_token = max(end, ready)
         self._prefill_free_at[inst] = end
         context = self._context(request)
-        joined = [r for r in decoding if r.completion.finish_s > first_token]  # still decoding then
-        batch = 1 + len(joined)
-        mean_ctx = (context + sum(r.context for r in joined)) / batch
-        tpot = self.roofline.decode_step_s(batch, mean_ctx)
+        batch, context_sum = 1, context
+        for r in decoding:
+            if r.completion.finish_s > first_token:  # still decoding then: joins its batch
+                batch += 1
+                context_sum += r.context
+        tpot = roof.decode_step_s(batch, context_sum / batch)
         finish = first_token + tpot * max(request.output_tokens - 1, 0)
         completion = Completion(
             request_id=request.request_id, instance=inst, start_s=now, first_token_s=first_token,
             finish_s=finish, prefilled_tokens=prefilled,
-            reused_tokens_by_tier={n: h * bs for n, h in zip(self.tier_names, hits, strict=True)},
+            reused_tokens_by_tier=dict(zip(self.tier_names, [h * bs for h in hits], strict=True)),
             loaded_bytes=loaded_bytes, gpu_s=self.tp * prefill_s, load_s=ready - now,
         )
         running = _Running(request, blocks, acquired, decode_blocks, completion, tpot, context, finish)
         decoding.append(running)
         self._running[inst].add(running)
-        self._push(first_token, PREFILLED, running)
+        heapq.heappush(self._prefilled[inst], (first_token, next(self._seq), running))
         self._push(finish, FINISHED, running)
 
     @staticmethod
@@ -184,8 +196,10 @@ class AnalyticEngine:
         """The calls of an instance still decoding at ``t``, those finished dropped (asked at
         non-decreasing times: prefills run in order, so everything decoding started before)."""
         live = self._decoding[inst]
-        if any(r.completion.finish_s <= t for r in live):
-            live = self._decoding[inst] = [r for r in live if r.completion.finish_s > t]
+        for r in live:
+            if r.completion.finish_s <= t:
+                live = self._decoding[inst] = [r for r in live if r.completion.finish_s > t]
+                break
         return live
 
     def _prefill_s(self, decoding: list[_Running], new_tokens: int, cached_tokens: int) -> tuple[float, int]:
@@ -250,40 +264,62 @@ class AnalyticEngine:
         heapq.heappush(self._events, (t, kind, next(self._seq), what))
 
     def next_event_time(self) -> float | None:
-        return self._events[0][0] if self._events else None
+        """The next live event: stale finishes are dropped and moved ones re-keyed here, so the
+        runner never advances to a time where nothing happens."""
+        events = self._events
+        while events:
+            t, kind, _, what = events[0]
+            if kind == FINISHED:
+                if t != what.event_at:
+                    heapq.heappop(events)  # stale: its finish was moved earlier
+                    continue
+                if t < what.completion.finish_s:  # delayed by prefills since: re-key
+                    what.event_at = what.completion.finish_s
+                    heapq.heapreplace(events, (what.event_at, FINISHED, next(self._seq), what))
+                    continue
+            return t
+        return None
+
+    def _ended_prefills(self, inst: int, t: float) -> BlockCache:
+        """The instance's cache once its prefills ended by ``t`` are applied."""
+        self._end_prefills(inst, t)
+        return self.caches[inst]
+
+    def _end_prefills(self, inst: int, t: float, at_t: bool = True) -> None:
+        """Apply the ends of the instance's prefills before ``t`` (and at ``t`` if ``at_t``): the
+        prompt is computed, reusable by any later call, and the call joins the decode batch."""
+        pending = self._prefilled[inst]
+        while pending and (pending[0][0] < t or at_t and pending[0][0] == t):
+            end, _, running = heapq.heappop(pending)
+            self._account(inst, end)
+            self.caches[inst].commit(running.acquired, len(running.blocks), end)
+            running.share_at_join = self._share[inst]
+            self._batch[inst] += 1
+            self._check(inst)
 
     def advance(self, until: float) -> list[Completion]:
         done = []
-        while self._events and self._events[0][0] <= until:
-            t, kind, _, what = heapq.heappop(self._events)
+        while (t := self.next_event_time()) is not None and t <= until:
+            _, kind, _, what = heapq.heappop(self._events)
             if kind == LANDED:
                 load_id, inst = what
+                self._end_prefills(inst, t, at_t=False)
                 del self._land_at[load_id]
                 self.caches[inst].landed(load_id)
                 continue
             inst = what.completion.instance
-            if kind == FINISHED and t != what.event_at:
-                continue  # stale: its finish was moved
-            if kind == FINISHED and t < what.completion.finish_s:
-                what.event_at = what.completion.finish_s  # delayed by prefills since: re-key
-                self._push(what.event_at, FINISHED, what)
-                continue
+            self._end_prefills(inst, t)
             self._account(inst, t)
             cache = self.caches[inst]
-            if kind == PREFILLED:  # its prompt is computed: reusable by any later call
-                cache.commit(what.acquired, len(what.blocks), t)
-                what.share_at_join = self._share[inst]
-                self._batch[inst] += 1
-            else:
-                what.event_at = -1.0
-                self._batch[inst] -= 1
-                what.completion.gpu_s += self.tp * (self._share[inst] - what.share_at_join)
-                output = self.deployment.output_blocks(what.request) if self.cache_output_blocks else None
-                cache.reserved -= what.decode_blocks
-                cache.release(what.acquired, t, output)
-                self._running[inst].discard(what)
-                done.append(what.completion)
-                self._start_waiting(inst, t)
+            what.event_at = -1.0
+            self._batch[inst] -= 1
+            what.completion.gpu_s += self.tp * (self._share[inst] - what.share_at_join)
+            output = self.deployment.output_blocks(what.request) if self.cache_output_blocks else None
+            cache.reserved -= what.decode_blocks
+            cache.release(what.acquired, t, output)
+            self._running[inst].discard(what)
+            done.append(what.completion)
+            self._start_waiting(inst, t)
             self._check(inst)
         return done
 
