@@ -102,3 +102,57 @@ def test_missing_column_and_wrong_type(tmp_path):
     problems = validate(path)
     assert f"{path}: think_s: column missing" in problems
     assert f"{path}: turn: type string, expected int32" in problems
+
+
+def reasons(tmp_path, rows):
+    """The problems without their file name: 'row N (request_id X): column: reason'."""
+    return [p.split(": ", 1)[1] for p in problems_of(tmp_path, rows)]
+
+
+def test_reasons_show_floats_nan_and_null_as_text(tmp_path):
+    rows = good_rows()
+    rows[0]["arrival_s"], rows[1]["arrival_s"] = 2.5e-5, 1e-5
+    rows[1]["think_s"] = -1e-7
+    rows[2]["cache_ttl_s"] = float("nan")
+    rows[2]["kept_blocks"] = None
+    assert reasons(tmp_path, rows) == [
+        "row 1 (request_id a-1): think_s: -1e-7 is not a duration >= 0",
+        "row 1 (request_id a-1): arrival_s: 0.00001 is before the previous turn's 0.000025",
+        "row 2 (request_id b-0): kept_blocks: null < 0",
+        "row 2 (request_id b-0): cache_ttl_s: NaN is not a duration > 0",
+    ]
+
+
+def test_nulls_of_a_column_are_one_value(tmp_path):
+    # two null turns of a session are each outside 0..1 and the same turn twice; a second null
+    # request_id duplicates the first
+    rows = good_rows()
+    rows[0]["turn"] = rows[1]["turn"] = None
+    rows[0]["request_id"] = rows[2]["request_id"] = None
+    rows[1]["parent_id"] = None
+    rows[1]["kept_blocks"], rows[1]["new_block_hashes"] = 0, [7, 8, 9, 10]
+    null_turn = ["turn: turn null outside 0..1 (the session has 2 calls)",
+                 "turn: turn null appears twice in the session"]
+    assert reasons(tmp_path, rows) == [
+        "row 0 (request_id null): request_id: is null",
+        *(f"row 0 (request_id null): {r}" for r in null_turn),
+        *(f"row 1 (request_id a-1): {r}" for r in null_turn),
+        "row 2 (request_id null): request_id: is null",
+        "row 2 (request_id null): request_id: duplicate of an earlier row",
+    ]
+
+
+def test_an_import_validates_without_loading_polars_or_pyarrow_compute(tmp_path):
+    # every import validates its output; polars alone would cost ~0.2 s of its start-up
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sample = Path(__file__).parent / "data" / "claude_code" / "subagent.jsonl"
+    code = ("import sys; from click.testing import CliRunner; from traces.cli import main; "
+            f"r = CliRunner().invoke(main, ['import', 'claude-code', {str(sample)!r}, "
+            f"'--out', {str(tmp_path / 't.parquet')!r}]); "
+            "print(r.exit_code, *(m in sys.modules for m in "
+            "('traces.validate', 'polars', 'pyarrow.compute', 'pyarrow.dataset')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "True", "False", "False", "False"]
