@@ -6,8 +6,9 @@ app in ``replay.app``."""
 from __future__ import annotations
 
 import sys
-from importlib import resources
 from pathlib import Path
+
+from conf import conf_file
 
 HELP_FLAGS = (["--help"], ["-h"])
 
@@ -38,7 +39,7 @@ def fast_help() -> str:
     config's own keys with their comments, footer."""
     import yaml
 
-    conf = Path(str(resources.files("conf")))
+    conf = conf_file()
     text = (conf / "config.yaml").read_text()
     primary = yaml.safe_load(text)
     helpcfg = primary["hydra"]["help"]

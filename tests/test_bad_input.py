@@ -438,3 +438,18 @@ def test_traces_help_loads_no_pyarrow_or_polars():
             "print(r.exit_code, *(m in sys.modules for m in ('pyarrow', 'polars', 'numpy', 'tqdm')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "False", "False", "False", "False"]
+
+
+def test_limits_file_is_read_as_pyyaml_reads_it_and_a_bad_line_is_named():
+    # read line by line (PyYAML's import is ~25 ms of every import command): the shipped file
+    # must mean the same to both readers, and a line the reader cannot take is one clear error
+    import yaml
+
+    from conf import conf_file
+    from traces.schema import read_limits
+
+    text = conf_file("limits.yaml").read_text()
+    assert read_limits(text) == yaml.safe_load(text) == {"max_tokens": 10_000_000}
+    with pytest.raises(ConfigError, match=r"conf/limits.yaml line 2: expected 'name: integer', "
+                                          r"got 'max_tokens: 1e7'"):
+        read_limits("# bounds\nmax_tokens: 1e7  # too clever\n")

@@ -143,7 +143,8 @@ def test_nulls_of_a_column_are_one_value(tmp_path):
 
 
 def test_an_import_validates_without_loading_polars_or_pyarrow_compute(tmp_path):
-    # every import validates its output; polars alone would cost ~0.2 s of its start-up
+    # every import validates its output; polars alone would cost ~0.2 s of its start-up, and
+    # PyYAML (conf/limits.yaml) ~25 ms
     import subprocess
     import sys
     from pathlib import Path
@@ -153,6 +154,6 @@ def test_an_import_validates_without_loading_polars_or_pyarrow_compute(tmp_path)
             f"r = CliRunner().invoke(main, ['import', 'claude-code', {str(sample)!r}, "
             f"'--out', {str(tmp_path / 't.parquet')!r}]); "
             "print(r.exit_code, *(m in sys.modules for m in "
-            "('traces.validate', 'polars', 'pyarrow.compute', 'pyarrow.dataset')))")
+            "('traces.validate', 'polars', 'pyarrow.compute', 'pyarrow.dataset', 'yaml')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["0", "True", "False", "False", "False"]
+    assert out.stdout.split() == ["0", "True", "False", "False", "False", "False"]

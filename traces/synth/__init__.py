@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from conf import conf_file
 from traces.io import TraceWriter
 from traces.schema import TraceError, TraceMeta
 from traces.synth import coding_agent, email_drafting
@@ -26,7 +26,7 @@ def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """The generator's yaml with ``key=value`` overrides; unknown keys are an error."""
     if name not in GENERATORS:
         raise TraceError(f"unknown generator {name!r}; choose one of {sorted(GENERATORS)}")
-    text = resources.files("conf").joinpath("trace", f"{name}.yaml").read_text()
+    text = conf_file("trace", f"{name}.yaml").read_text()
     cfg = OmegaConf.create(text)
     OmegaConf.set_struct(cfg, True)
     for item in overrides:
