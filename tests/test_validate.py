@@ -143,17 +143,26 @@ def test_nulls_of_a_column_are_one_value(tmp_path):
 
 
 def test_an_import_validates_without_loading_polars_or_pyarrow_compute(tmp_path):
-    # every import validates its output; polars alone would cost ~0.2 s of its start-up, and
-    # PyYAML (conf/limits.yaml) ~25 ms
+    # every import validates its output; polars alone would cost ~0.2 s of its start-up,
+    # PyYAML (conf/limits.yaml) ~25 ms, and pandas, where installed, ~0.4 s: pyarrow's pa.array
+    # and to_numpy import it on first use. This suite does not install pandas, so a stand-in
+    # on the path records any attempt to import it (and fails it, as a missing pandas would).
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    tried = tmp_path / "pandas-was-imported"
+    (stub / "pandas.py").write_text(f"open({str(tried)!r}, 'w').close()\nraise ImportError('stand-in')\n")
     sample = Path(__file__).parent / "data" / "claude_code" / "subagent.jsonl"
     code = ("import sys; from click.testing import CliRunner; from traces.cli import main; "
             f"r = CliRunner().invoke(main, ['import', 'claude-code', {str(sample)!r}, "
             f"'--out', {str(tmp_path / 't.parquet')!r}]); "
             "print(r.exit_code, *(m in sys.modules for m in "
             "('traces.validate', 'polars', 'pyarrow.compute', 'pyarrow.dataset', 'yaml')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stub), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split() == ["0", "True", "False", "False", "False", "False"]
+    assert not tried.exists()

@@ -9,10 +9,13 @@ Pages carry checksums. Readers check the metadata and the schema first; ``readin
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import repeat
 from pathlib import Path
+from types import NoneType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,8 +72,37 @@ class RowBuffer:
             elif field.name == "segments":
                 arrays.append(_segments_array(self.segments))
             else:
-                arrays.append(pa.array(self.cols[field.name], type=field.type))
+                arrays.append(_scalar_array(self.cols[field.name], field.type))
         return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _scalar_array(values: list[Any], value_type: pa.DataType) -> pa.Array:
+    """A string, int32 or float64 column from a list (None: null), over numpy buffers. Not
+    ``pa.array``: its first call imports pandas where it is installed (~0.4 s of every command
+    that writes a trace). A list holding anything but str, int or float (and None) goes
+    through ``pa.array`` all the same, so what it refuses, and how, is unchanged."""
+    kinds = set(map(type, values))
+    nulls = values.count(None)
+    valid = np.fromiter(map(operator.is_not, values, repeat(None)), bool, len(values)) if nulls else None
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    try:
+        if pa.types.is_string(value_type) and kinds <= {str, NoneType}:
+            data = [b"" if v is None else v.encode() for v in values]
+            offsets = np.zeros(len(data) + 1, dtype=np.int64)
+            np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
+            if offsets[-1] < 2**31:
+                return pa.Array.from_buffers(value_type, len(data), [
+                    bitmap, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(data))], nulls)
+        elif pa.types.is_int32(value_type) and kinds <= {int, NoneType}:
+            numbers = np.array(values, dtype=np.float64)  # None -> NaN; int32 values are exact
+            held = numbers if valid is None else numbers[valid]
+            if not len(held) or (held.min() >= -(2**31) and held.max() < 2**31):
+                return _from_numpy(np.nan_to_num(numbers), value_type, bitmap, nulls)
+        elif pa.types.is_float64(value_type) and kinds <= {float, NoneType}:
+            return _from_numpy(np.array(values, dtype=np.float64), value_type, bitmap, nulls)
+    except (UnicodeEncodeError, OverflowError):  # a lone surrogate, an int past float64's range
+        pass
+    return pa.array(values, type=value_type)
 
 
 def _list_array(parts: list[np.ndarray], value_type: pa.DataType) -> pa.Array:
@@ -81,11 +113,13 @@ def _list_array(parts: list[np.ndarray], value_type: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(_from_numpy(offsets, pa.int32()), _from_numpy(values, value_type))
 
 
-def _from_numpy(values: np.ndarray, value_type: pa.DataType) -> pa.Array:
-    """A null-free Arrow array over a contiguous numpy array's buffer. Not ``pa.array(values)``:
-    its first call imports numpy.ma (~0.05 s of an import command's start-up)."""
+def _from_numpy(values: np.ndarray, value_type: pa.DataType, validity: pa.Buffer | None = None,
+                nulls: int = 0) -> pa.Array:
+    """An Arrow array over a contiguous numpy array's buffer (null where ``validity`` says). Not
+    ``pa.array(values)``: its first call imports numpy.ma (~0.05 s of an import command's
+    start-up), and pandas where it is installed (~0.4 s)."""
     values = np.ascontiguousarray(values, dtype=value_type.to_pandas_dtype())
-    return pa.Array.from_buffers(value_type, len(values), [None, pa.py_buffer(values)])
+    return pa.Array.from_buffers(value_type, len(values), [validity, pa.py_buffer(values)], nulls)
 
 
 def _segments_array(rows: list[list[tuple[str, int]]]) -> pa.Array:
@@ -93,7 +127,7 @@ def _segments_array(rows: list[list[tuple[str, int]]]) -> pa.Array:
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
     np.cumsum([len(r) for r in rows], out=offsets[1:])
     structs = pa.StructArray.from_arrays(
-        [pa.array([k for k, _ in flat], pa.string()), pa.array([t for _, t in flat], pa.int32())],
+        [_scalar_array([k for k, _ in flat], pa.string()), _scalar_array([t for _, t in flat], pa.int32())],
         fields=list(SEGMENT_TYPE),
     )
     return pa.ListArray.from_arrays(_from_numpy(offsets, pa.int32()), structs)

@@ -114,8 +114,8 @@ def _numbers(arr: pa.Array, dtype: type[np.generic]) -> np.ndarray:
 
 def _column(table: pa.Table, name: str) -> Col:
     """A scalar column: numbers from their buffer, strings as Python objects (None where null).
-    Schema v1's scalars are strings, int32 and float64. Not ``to_numpy()`` for the strings nor
-    ``to_pandas_dtype()``: both import pandas where it is installed (~0.3 s)."""
+    Schema v1's scalars are strings, int32 and float64. Not ``to_numpy()``: it imports pandas
+    where it is installed (~0.4 s)."""
     arr = table.column(name).combine_chunks()
     if pa.types.is_string(arr.type):
         return Col(np.fromiter(arr.to_pylist(), dtype=object, count=len(arr)), _valid(arr))
