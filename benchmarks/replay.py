@@ -4,7 +4,10 @@ a new session every ~50 s), served by 4 instances of Llama-3.1-70B on 8 H100s ea
 up with that load (no queue); then the same trace on one instance, which cannot keep up (its
 queue grows through the run: the overloaded figures, ``overloaded_*``). It runs with
 replay.baseline=off: one simulation, as the targets below are for; --baseline adds the second,
-no-reuse simulation (about twice the engine time).
+no-reuse simulation (about twice the engine time). The API bill runs in its own process (the
+trace is over ``replay.bill_process_min_calls``), on the machine's second core: ``seconds`` and
+``calls_per_s`` are wall time, ``cpu_s`` is the replay's process, ``bill_process_cpu_s`` the
+bill's, and ``calls_per_cpu_s`` counts both.
 
 Targets on a 2-core machine: analytic >= 20,000 calls/s; offload (three tiers) >= 10,000
 calls/s and peak RSS <= 2 GiB. ``yardstick_s`` (benchmarks/common.py) says how fast the machine
@@ -16,6 +19,7 @@ Usage: python -m benchmarks.replay [--sessions 520] [--engine analytic] [--cache
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -36,20 +40,29 @@ def measure(trace: Path, out: Path, args: argparse.Namespace, instances: int) ->
             "trace=file", f"trace.path={trace}", "replay.progress=false", "plots=false",
             f"replay.baseline={'simulate' if args.baseline else 'off'}", *args.overrides])
     out.mkdir()
-    start = time.perf_counter()
+    start, cpu, child_cpu = time.perf_counter(), cpu_s(resource.RUSAGE_SELF), cpu_s(resource.RUSAGE_CHILDREN)
     summary = run(cfg, out)
     seconds = time.perf_counter() - start
+    cpu, child_cpu = cpu_s(resource.RUSAGE_SELF) - cpu, cpu_s(resource.RUSAGE_CHILDREN) - child_cpu
     return {
         "instances": instances,
         "calls": summary["calls"],
         "seconds": round(seconds, 2),
         "calls_per_s": round(summary["calls"] / seconds, 1),
+        "cpu_s": round(cpu, 2),  # this process
+        "bill_process_cpu_s": round(child_cpu, 2),  # the API bill's process, on the other core
+        "calls_per_cpu_s": round(summary["calls"] / (cpu + child_cpu), 1),  # both processes' CPU
         "reuse": round(summary["reuse"], 4),
         "ttft_p50_s": round(summary["ttft_s"]["p50"], 4),
         "ttft_p99_s": round(summary["ttft_s"]["p99"], 4),
         "queue_p99_s": round(summary["queue_s"]["p99"], 4),
         "gpu_utilisation": round(summary["gpu_utilisation"], 4),
     }
+
+
+def cpu_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -73,8 +86,10 @@ def main() -> None:
         if args.overloaded_instances:
             over = measure(trace, Path(tmp) / "overloaded", args, args.overloaded_instances)
             figures.update({f"overloaded_{k}": v for k, v in over.items() if k != "calls"})
+    children_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
     report(f"replay {args.engine} / {args.cache}, {figures['calls']:,} coding-agent calls",
-           {**figures, "peak_rss_mib": round(rss, 1), "overall_peak_rss_mib": round(peak_rss_mib(), 1)})
+           {**figures, "peak_rss_mib": round(rss, 1), "overall_peak_rss_mib": round(peak_rss_mib(), 1),
+            "bill_process_peak_rss_mib": round(children_rss, 1)})
 
 
 if __name__ == "__main__":

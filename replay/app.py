@@ -26,7 +26,8 @@ from replay.sweep import FAILED
 from traces.errors import TraceError
 
 if TYPE_CHECKING:  # the modules below load polars, pyarrow and the engines: `replay --help` needs none
-    from replay.billing import BillStream
+    from replay.bill_process import BillProcess
+    from replay.billing import Biller, BillStream
     from replay.cost import SelfHostedPricing
     from replay.runner import ReplayOptions, ReplayResult
 
@@ -119,6 +120,19 @@ def simulate(path: str, engine, opts: ReplayOptions, out: Path,
             engine.close()
 
 
+def open_bill(cfg: DictConfig, biller: Biller, path: str, opts: ReplayOptions) -> BillStream | BillProcess:
+    """The API bill's stream: in this process, or in a second one (on another core) for a trace
+    of at least ``replay.bill_process_min_calls`` rows (null: never)."""
+    from traces.io import row_count
+
+    threshold = cfg.replay.get("bill_process_min_calls")
+    if threshold is not None and row_count(path) >= int(threshold):
+        from replay.bill_process import BillProcess
+
+        return BillProcess(biller, path, opts)
+    return biller.stream()
+
+
 def storage_usd(pricing: SelfHostedPricing, result: ReplayResult) -> dict[str, float]:
     return {name: pricing.storage_cost(name, byte_s)
             for name, byte_s in result.engine_stats.get("byte_seconds_by_tier", {}).items()}
@@ -175,9 +189,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     engine_rows = run_dir / ".requests.engine.parquet"
     biller = Biller(api, ModelPrices(cfg.pricing.get("models") or {}), meta.block_size,
                     warm_start=bool(cfg.replay.get("api_warm_start", True)))
-    bill_stream = biller.stream()
-    result = simulate(path, engine, opts, engine_rows, bill_stream)
-    bill = bill_stream.close()
+    bill_stream = open_bill(cfg, biller, path, opts)
+    try:
+        result = simulate(path, engine, opts, engine_rows, bill_stream)
+        bill = bill_stream.close()
+    finally:
+        bill_stream.abort()
     timeline = result.engine_stats.pop("timeline", None)
     if timeline:
         write_atomic(run_dir / "timeline.parquet", pl.DataFrame(timeline).write_parquet)

@@ -56,8 +56,7 @@ class Biller:
         stream = self.stream()
         for i, call in enumerate(sent.drop("new_block_hashes").iter_rows(named=True)):
             try:
-                blocks, _ = expander.expand(i, call["request_id"], call["parent_id"], call["kept_blocks"],
-                                            call["input_tokens"], call["output_tokens"])
+                blocks, _ = expander.expand_call(i, call)
             except KeyError:  # its parent never finished (an interrupted replay): no bill
                 continue
             stream.finished(call, call["row"], call["arrival_s_sent"], call["first_token_s"], blocks)
@@ -109,6 +108,9 @@ class BillStream:
         """Bill what finished (calls still unfinished, after an interruption, get no row)."""
         self._bill_ready(final=True)
         return pl.DataFrame(self._out, schema=BILL_SCHEMA, orient="row")
+
+    def abort(self) -> None:
+        """Nothing to stop: the stream runs in this process (``replay.bill_process`` has one)."""
 
     def _bill_ready(self, final: bool) -> None:
         """Bill finished calls, oldest first, while no call sent before them is unfinished and

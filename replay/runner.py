@@ -197,10 +197,9 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
                 continue
             t, _, i = heapq.heappop(queue)
             r = rows[i]
-            rid, inp, out = r["request_id"], r["input_tokens"], r["output_tokens"]
-            blocks, output = expander.expand(i, rid, r["parent_id"], r["kept_blocks"], inp, out)
-            request = Request(rid, r["session_id"], r["turn"], r["workload"], t, inp, out, blocks,
-                              meta.block_size, output)
+            blocks, output = expander.expand_call(i, r)
+            request = Request(r["request_id"], r["session_id"], r["turn"], r["workload"], t,
+                              r["input_tokens"], r["output_tokens"], blocks, meta.block_size, output)
             if on_send is not None:
                 on_send(r, request, t)
             engine.submit(request, t)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 from replay.report import main as report_main
@@ -69,17 +70,20 @@ def test_bare_help_loads_neither_hydra_nor_polars(tmp_path):
     assert "engine: [analytic]," in result.stdout and "load:" in result.stdout
 
 
-def test_ctrl_c_during_a_replay_keeps_what_finished_and_exits_130(tmp_path):
+@pytest.mark.parametrize("bill_process", ["null", "0"])  # the API bill in the replay's process, or its own
+def test_ctrl_c_during_a_replay_keeps_what_finished_and_exits_130(tmp_path, bill_process):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.Popen([str(BIN / "replay"), "engine=offload", "trace.sessions=60", "plots=false"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([str(BIN / "replay"), "engine=offload", "trace.sessions=60", "plots=false",
+                             f"replay.bill_process_min_calls={bill_process}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     seen = ""
     while "replay:" not in seen:  # the progress bar (shown off a terminal too): the loop has begun
         char = proc.stderr.read(1)
         assert char, proc.communicate()
         seen += char
     time.sleep(1.0)  # some calls finish
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole foreground group
     out, err = proc.communicate(timeout=120)
     err = seen + err
     assert proc.returncode == 130, err
@@ -87,5 +91,7 @@ def test_ctrl_c_during_a_replay_keeps_what_finished_and_exits_130(tmp_path):
     run_dir = next(tmp_path.glob("outputs/*/*"))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["interrupted"] and summary["baseline"] == "off"  # no second simulation after Ctrl-C
-    assert pl.read_parquet(run_dir / "requests.parquet").height == summary["calls"] <= summary["calls_sent"]
+    requests = pl.read_parquet(run_dir / "requests.parquet")
+    assert requests.height == summary["calls"] <= summary["calls_sent"]
+    assert requests["api_cost_usd"].null_count() == 0  # every finished call billed
     assert summary["calls"] < pl.read_parquet(run_dir / "trace.parquet").height  # stopped early

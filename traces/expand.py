@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -130,6 +131,11 @@ class CallExpander:
             output = output_blocks_after(blocks, request_id, input_tokens, output_tokens, self.bs)
             self.expander.keep_output(request_id, output)
         return blocks, output
+
+    def expand_call(self, i: int, call: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``expand`` of row i, its fields read from ``call`` (a row of the table as a dict)."""
+        return self.expand(i, call["request_id"], call["parent_id"], call["kept_blocks"],
+                           call["input_tokens"], call["output_tokens"])
 
 
 def children_counts(frame: pl.DataFrame) -> dict[str, int]:

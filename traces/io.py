@@ -277,6 +277,11 @@ def _check_text(path: str | os.PathLike, metadata: dict[bytes, bytes] | None) ->
                              "(a damaged file?)") from None
 
 
+def row_count(path: str | os.PathLike) -> int:
+    """Rows of the file, from its footer (nothing read)."""
+    return _open(path).metadata.num_rows
+
+
 def arrow_schema(path: str | os.PathLike) -> pa.Schema:
     return _open(path).schema_arrow
 
