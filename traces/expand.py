@@ -46,12 +46,15 @@ class CallBlocks:
             states, calls["request_id"].to_list(), np.where(known, calls["input_tokens"].to_numpy(), 0),
             np.where(known, calls["output_tokens"].to_numpy(), 0), block_size)
 
+    # per-call lookups read plain ints (``item``): slicing by numpy scalars costs more
     def new(self, i: int) -> np.ndarray:
-        return self.flat[self.begins[i]:self.ends[i]]
+        return self.flat[self.begins.item(i):self.ends.item(i)]
 
     def output(self, i: int) -> np.ndarray | None:
         """Call i's output blocks, or None where they need its expanded prompt."""
-        return self.outputs[self.output_offsets[i]:self.output_offsets[i + 1]] if self.known[i] else None
+        if not self.known.item(i):
+            return None
+        return self.outputs[self.output_offsets.item(i):self.output_offsets.item(i + 1)]
 
 
 class BlockExpander:
