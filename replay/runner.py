@@ -3,7 +3,8 @@
 open mode sends each call at its (scaled) arrival_s; closed mode sends a session's root calls at
 their arrival_s and every other call think_s after its parent finished on the engine under
 test. Calls are expanded to full block lists as they are sent, so memory follows the calls in
-flight. Ctrl-C stops sending; what finished is kept.
+flight. Ctrl-C stops sending between two turns of the loop (a second press at once); what
+finished is kept, each call with all its records.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from engines.base import Completion, Engine, Request
 from engines.specs import ConfigError
+from replay.interrupt import CtrlC
 from traces.errors import TraceError
 from traces.expand import CallExpander
 from traces.hashing import string_key
@@ -170,8 +172,11 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     bar = tqdm(total=min(n, limit), unit="call", desc="replay", disable=not opts.progress,
                mininterval=0.1 if interactive else 10.0, ncols=None if interactive else 80)
     gc.freeze()  # the calls table lives through the loop: keep the collector from rescanning it
+    ctrl_c = CtrlC().start()
     try:
         while True:
+            if ctrl_c.pressed:  # between two turns: every finished call's hooks ran whole
+                raise KeyboardInterrupt
             t_send = queue[0][0] if queue and result.sent < limit else math.inf
             if send_due is not None:
                 send_due(t_send)
@@ -208,6 +213,7 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
+        ctrl_c.stop()
         gc.unfreeze()
         bar.close()
     result.engine_stats = engine.stats()

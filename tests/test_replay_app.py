@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -12,6 +14,7 @@ from replaykit import compose_cfg
 
 from engines.analytic import AnalyticEngine
 from replay.app import build_engine, run
+from replay.interrupt import CtrlC
 from replay.runner import ReplayOptions, replay
 from traces.stats import inspect
 from traces.synth import generate, load_config
@@ -82,6 +85,36 @@ def test_ctrl_c_keeps_what_finished(tmp_path, coding_trace):
 
     result = replay(str(coding_trace), engine, ReplayOptions(progress=False), lambda *a: None, on_finish)
     assert result.interrupted and result.finished == 5 and len(finished) == 5
+
+
+def test_a_real_ctrl_c_lets_every_finished_call_record_whole(coding_trace):
+    engine = build_engine(compose_cfg([]), 64)
+    rows, bills = [], []
+
+    def on_finish(call, request, done):  # two records per call, as the engine row and the bill
+        rows.append(done.request_id)
+        if len(rows) == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # lands here, between the two records
+        bills.append(done.request_id)
+
+    before = signal.getsignal(signal.SIGINT)
+    result = replay(str(coding_trace), engine, ReplayOptions(progress=False), None, on_finish)
+    assert result.interrupted and result.finished == len(rows) == len(bills) >= 5 and rows == bills
+    assert result.finished < pl.read_parquet(coding_trace).height
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    ctrl_c = CtrlC().start()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert ctrl_c.pressed
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode: never gets past here
+    finally:
+        ctrl_c.stop()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def replay_cli(*args, cwd):
