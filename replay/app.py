@@ -126,7 +126,9 @@ def open_bill(cfg: DictConfig, biller: Biller, path: str, opts: ReplayOptions) -
     from traces.io import row_count
 
     threshold = cfg.replay.get("bill_process_min_calls")
-    if threshold is not None and row_count(path) >= int(threshold):
+    if threshold is not None and (type(threshold) is not int or threshold < 0):
+        raise ConfigError(f"replay.bill_process_min_calls must be null or an integer >= 0, got {threshold!r}")
+    if threshold is not None and row_count(path) >= threshold:
         from replay.bill_process import BillProcess
 
         return BillProcess(biller, path, opts)

@@ -46,12 +46,13 @@ class BillProcess:
         self._write((biller, path, opts))
 
     def on_send(self, call: dict[str, Any], request: Any, t: float) -> None:
-        self._events.append((call["row"], t))
-        if len(self._events) >= self._batch:
-            self._flush()
+        self._add((call["row"], t))
 
     def on_finish(self, call: dict[str, Any], request: Any, done: Any) -> None:
-        self._events.append((call["row"], request.arrival_s, done.first_token_s))
+        self._add((call["row"], request.arrival_s, done.first_token_s))
+
+    def _add(self, event: tuple) -> None:
+        self._events.append(event)
         if len(self._events) >= self._batch:
             self._flush()
 

@@ -19,11 +19,11 @@ class CtrlC:
 
     def start(self) -> CtrlC:
         """Catch SIGINT from now on (until ``stop``)."""
-        if threading.current_thread() is threading.main_thread():
+        # (SIGINT ignored, as under nohup or in a background job, stays ignored)
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True
-            if self._previous is signal.SIG_IGN:  # ignored (nohup, a background job): keep it so
-                self.stop()
         return self
 
     def stop(self) -> None:

@@ -117,6 +117,17 @@ def test_a_second_ctrl_c_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_an_ignored_ctrl_c_stays_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup
+    try:
+        ctrl_c = CtrlC().start()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        ctrl_c.stop()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def replay_cli(*args, cwd):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     exe = Path(sys.executable).with_name("replay")
@@ -151,6 +162,10 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
     (["model=llama9"], "Could not find 'model/llama9'"),
     (["trace.sessions=2", "replay.mode=sideways"], "replay.mode must be one of open, closed"),
     (["trace.sessions=2", "replay.baseline=maybe"], "replay.baseline must be one of simulate, off"),
+    (["trace.sessions=2", "replay.bill_process_min_calls=many"],
+     "replay.bill_process_min_calls must be null or an integer >= 0, got 'many'"),
+    (["trace.sessions=2", "replay.bill_process_min_calls=-1"],
+     "replay.bill_process_min_calls must be null or an integer >= 0, got -1"),
     (["trace.sessions=2", "model=llama3_1_70b", "parallel.tp=1"], "does not fit on 1 x h100_sxm"),
     (["trace.sessions=2", "trace.arrival.process=sometimes"], "arrival.process must be"),
     (["trace.sessions=2", "engine.block_size=100"], "must be a multiple of the trace's block size"),
