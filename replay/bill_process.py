@@ -135,6 +135,8 @@ def main() -> None:
         serve(sys.stdin.buffer, out)
     except EOFError:  # the replay went away without closing the bill
         sys.exit(1)
+    sys.stderr.flush()
+    os._exit(0)  # the bill is written: skip the interpreter's teardown (~0.14 s the replay waits out)
 
 
 if __name__ == "__main__":
