@@ -31,10 +31,6 @@ from traces.hashing import string_key
 from traces.io import read_meta, scan
 
 MODES = ("open", "closed")
-# allocations between two young-generation collections in the replay loop (Python's default:
-# 700): each call allocates a few objects that live until it finishes, so at 700 the collector
-# rescans the calls in flight hundreds of times a run (~3% of the loop; 0.5% at this value)
-YOUNG_GC_THRESHOLD = 20_000
 COLUMNS = ["session_id", "request_id", "parent_id", "turn", "workload", "arrival_s", "think_s",
            "input_tokens", "output_tokens", "kept_blocks", "new_block_hashes",
            "reported_cached_tokens", "reported_cache_write_tokens", "cache_ttl_s", "model"]
@@ -176,8 +172,6 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     bar = tqdm(total=min(n, limit), unit="call", desc="replay", disable=not opts.progress,
                mininterval=0.1 if interactive else 10.0, ncols=None if interactive else 80)
     gc.freeze()  # the calls table lives through the loop: keep the collector from rescanning it
-    thresholds = gc.get_threshold()  # and let young objects (a call's state lives until it
-    gc.set_threshold(YOUNG_GC_THRESHOLD, *thresholds[1:])  # finishes) pile up before a scan
     ctrl_c = CtrlC().start()
     try:
         while True:
@@ -220,7 +214,6 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
         result.interrupted = True
     finally:
         ctrl_c.stop()
-        gc.set_threshold(*thresholds)
         gc.unfreeze()
         bar.close()
     result.engine_stats = engine.stats()
