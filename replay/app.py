@@ -207,7 +207,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if baseline == "simulate" and not result.interrupted:  # Ctrl-C: the user wants out, not a second run
         base_rows = run_dir / ".requests.no_reuse.parquet"
         no_reuse = build_engine(cfg, meta.block_size, prefix_reuse=False)
-        base_result = simulate(path, no_reuse, opts, base_rows)
+        base_result = simulate(path, no_reuse, dataclasses.replace(opts, progress_label="no-reuse baseline"),
+                               base_rows)
         if not base_result.interrupted:
             base_frame, base_storage = baseline_frame(base_rows, tiers), storage_usd(self_hosted, base_result)
         base_rows.unlink()

@@ -46,6 +46,7 @@ class ReplayOptions:
     limit: int | None = None
     seed: int = 0
     progress: bool = True
+    progress_label: str = "replay"  # the bar's name ("no-reuse baseline" for the second simulation)
     shards: int = 1  # replay only the sessions whose id hashes to ``shard`` (of ``shards``)
     shard: int = 0
 
@@ -169,7 +170,7 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     result = ReplayResult()
     # shown off a terminal too (a log, nohup, CI), there every 10 s: a slow engine is seen moving
     interactive = sys.stderr.isatty()
-    bar = tqdm(total=min(n, limit), unit="call", desc="replay", disable=not opts.progress,
+    bar = tqdm(total=min(n, limit), unit="call", desc=opts.progress_label, disable=not opts.progress,
                mininterval=0.1 if interactive else 10.0, ncols=None if interactive else 80)
     gc.freeze()  # the calls table lives through the loop: keep the collector from rescanning it
     ctrl_c = CtrlC().start()

@@ -72,6 +72,12 @@ def test_open_mode_limit_sample_and_time_scale(tmp_path, coding_trace):
     assert (b - a * 0.5).abs().max() < 1e-6 and len(a) == full.height
 
 
+def test_the_progress_bars_name_each_simulation(tmp_path, coding_trace, capsys):
+    run(compose_cfg(["replay.progress=true", "trace=file", f"trace.path={coding_trace}"]), tmp_path)
+    err = capsys.readouterr().err
+    assert "replay: 100%" in err and "no-reuse baseline: 100%" in err  # the second run says what it is
+
+
 def test_ctrl_c_keeps_what_finished(tmp_path, coding_trace):
     cfg = compose_cfg([])
     engine = build_engine(cfg, 64)
