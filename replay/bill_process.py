@@ -24,6 +24,7 @@ from typing import IO, Any
 import polars as pl
 
 from replay.billing import Biller
+from replay.interrupt import CtrlC
 from replay.runner import ReplayOptions
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -81,17 +82,20 @@ class BillProcess:
                     stream.close()
                 except BrokenPipeError:
                     pass
+        self._stderr.close()
 
     def _flush(self) -> None:
-        if self._events:
-            self._write(self._events)
-            self._events = []
+        with CtrlC.whole():  # a batch goes out whole and once, whatever Ctrl-C does meanwhile
+            if self._events:
+                events, self._events = self._events, []
+                self._write(events)
 
     def _write(self, message: Any) -> None:
         assert self._proc.stdin is not None
         try:
-            pickle.dump(message, self._proc.stdin, _PROTOCOL)
-            self._proc.stdin.flush()
+            with CtrlC.whole():  # never half a message in the pipe: the process could not read on
+                pickle.dump(message, self._proc.stdin, _PROTOCOL)
+                self._proc.stdin.flush()
         except BrokenPipeError:
             self._proc.wait()
             self._fail()

@@ -1,6 +1,14 @@
 """The API bill in a second process: the same bill as in-process, and a clear error (never a
 hang or a stray process) when that process dies."""
 
+import array
+import fcntl
+import os
+import signal
+import termios
+import threading
+import time
+
 import polars as pl
 import pytest
 from replaykit import compose_cfg
@@ -73,3 +81,45 @@ def test_abort_stops_the_process(fanout_trace):
     stream.abort()
     assert stream._proc.poll() is not None
     stream.abort()  # twice is harmless
+
+
+def test_a_second_ctrl_c_in_a_blocked_write_keeps_the_bill_whole(tmp_path):
+    """The bill process lags (here: stopped) until the replay blocks writing to it, and both
+    presses of a double Ctrl-C land in that write. The replay stops with the bill the stream
+    in this process makes from the same hooks: no batch cut in half, none sent twice."""
+    trace = tmp_path / "t.parquet"
+    generate(load_config("coding_agent", ["sessions=30", "seed=5"]), trace)
+    cfg = compose_cfg(["pricing=anthropic_opus_4_5"])
+    opts = ReplayOptions(time_scale=0.2, progress=False)
+    here, there = BillStream(biller(cfg)), BillProcess(biller(cfg), str(trace), opts, batch=7)
+    child, main = there._proc.pid, threading.main_thread().ident
+    os.kill(child, signal.SIGSTOP)
+
+    def press_twice_once_the_pipe_is_full():
+        queued, deadline = array.array("i", [0]), time.monotonic() + 60
+        while queued[0] < 32768 and time.monotonic() < deadline:
+            fcntl.ioctl(there._proc.stdin.fileno(), termios.FIONREAD, queued)
+            time.sleep(0.05)
+        time.sleep(0.5)  # the replay fills the rest and blocks
+        for _ in range(2):
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(0.2)
+        os.kill(child, signal.SIGCONT)
+
+    def send(call, request, t):
+        here.on_send(call, request, t)
+        there.on_send(call, request, t)
+
+    def finish(call, request, done):
+        here.on_finish(call, request, done)
+        there.on_finish(call, request, done)
+
+    presser = threading.Thread(target=press_twice_once_the_pipe_is_full)
+    presser.start()
+    try:
+        result = replay(str(trace), build_engine(cfg, 64), opts, send, finish)
+    finally:
+        presser.join()
+        os.kill(child, signal.SIGCONT)
+    assert result.interrupted and 0 < result.finished < pl.read_parquet(trace).height
+    assert there.close().equals(here.close())

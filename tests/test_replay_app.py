@@ -123,6 +123,21 @@ def test_a_second_ctrl_c_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_second_ctrl_c_inside_a_whole_block_stops_at_its_end():
+    ctrl_c = CtrlC().start()
+    ran = []
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # the first press: the loop's flag
+        with pytest.raises(KeyboardInterrupt):
+            with CtrlC.whole():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler has run by now, and not raised
+                ran.append("the rest of the block")
+        assert ran == ["the rest of the block"]
+    finally:
+        ctrl_c.stop()
+
+
 def test_an_ignored_ctrl_c_stays_ignored():
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup
     try:
