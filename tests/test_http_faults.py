@@ -4,6 +4,9 @@ to show on demand: each is recorded on its call and the replay goes on."""
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
 
 import polars as pl
 import pytest
@@ -122,3 +125,22 @@ def test_bad_http_config_is_one_line(tmp_path, args, message):
     with FakeServer(vocab=1000) as server, pytest.raises(ConfigError) as err:
         run(compose_cfg([*_http(server), "trace=file", f"trace.path={trace}", *args]), tmp_path)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_one_ctrl_c_stops_a_replay_waiting_on_a_slow_server(tmp_path):
+    """The engine waits for a reply at most POLL_S at a time, then hands the runner a turn of
+    its loop: a single Ctrl-C is seen there, not only once the slow call finishes."""
+    (tmp_path / "trace").mkdir()
+    trace = write(tmp_path / "trace" / "slow.parquet", [row("slow", 0, 8, [1001, 1002], output_tokens=4)],
+                  block_size=BS)
+    main = threading.main_thread().ident
+    with FakeServer(vocab=1000, ttft_s=60) as server:
+        press = threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT))
+        press.start()
+        start = time.monotonic()
+        summary = run(compose_cfg(["engine=http", f"engine.base_url={server.url}", "engine.dialect=llamacpp",
+                                   "engine.read_timeout_s=120", "engine.token_id_low=100", "plots=false",
+                                   "trace=file", f"trace.path={trace}"]), tmp_path)
+        took = time.monotonic() - start
+        press.join()
+    assert summary["interrupted"] and summary["calls"] == 0 and took < 20

@@ -188,8 +188,11 @@ class HttpEngine:
         self._in_flight += 1
 
     def next_event_time(self) -> float | None:
+        """The earliest finish received. With none yet it waits for one, until the runner's next
+        send is due (then None: nothing before it) and at most POLL_S: then it returns the time
+        now, so the runner takes a turn of its loop (where it sees a Ctrl-C) and asks again."""
         self._drain(block=False)
-        while not self._ready:
+        if not self._ready:
             if self._in_flight == 0:
                 return None
             due = math.inf if self._next_send == math.inf else \
@@ -197,6 +200,8 @@ class HttpEngine:
             if due <= 0:
                 return None
             self._drain(block=True, timeout=min(due, POLL_S))
+            if not self._ready:
+                return time.monotonic() - self._t0
         return min(c.finish_s for c, _ in self._ready)
 
     def advance(self, until: float) -> list[Completion]:
