@@ -29,28 +29,67 @@ def run_until_done(eng, until: float = 1e6) -> dict:
     return done
 
 
+@pytest.mark.parametrize("prefix_blocks", [0, 312])
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
-def test_a_preempted_100k_call_prefills_its_whole_prompt(mode):
+def test_a_preempted_100k_call_prefills_all_it_did_not_find_cached(mode, prefix_blocks):
     # Preempted right after its first 8,192-token chunk. It used to find its whole prompt
     # "cached" on readmission (stored at admission, before any chunk computed it) and finish
     # after ~8.2k tokens of prefill with TTFT 0.27 s. Now it keeps only the 128 blocks it
-    # computed (recompute) or wrote out (swap), and computes the rest.
+    # computed (recompute) or wrote out (swap), and computes the rest: in all, its prompt less
+    # what was cached before it was admitted (nothing, or a 312-block prefix another call left).
     eng = engine("engine=offload", "cache=hbm_dram", f"engine.preemption={mode}",
                  "engine.check_invariants=true")
     blocks = np.arange(1, 1563)  # 100,000 tokens: 1,562 full blocks
-    eng.submit(request("big", blocks, 100_000), 0.0)
+    if prefix_blocks:
+        eng.submit(request("p", blocks[:prefix_blocks], prefix_blocks * BS + 10), 0.0)
+        run_until_done(eng)
+    t0 = eng.clock
+    eng.submit(request("big", blocks, 100_000, t=t0), t0)
     inst = eng.instances[0]
     first_step_end = inst.step.end_s
     eng.advance(first_step_end)
     (seq,) = inst.running
-    assert seq.context == 8192 and seq.acquired.committed == 128
+    assert seq.context == prefix_blocks * BS + 8192 and seq.acquired.committed == prefix_blocks + 128
     inst.step = None  # the next step was planned: preempt before it runs
     eng._preempt(inst, seq, first_step_end)
     eng._plan(inst, first_step_end)
     done = run_until_done(eng)["big"]
-    assert done.prefilled_tokens >= 100_000  # nothing was cached before it was admitted
-    assert done.first_token_s >= eng.roofline.prefill_s(100_000) * (1 - 1e-9)
+    cached = prefix_blocks * BS
+    assert done.prefilled_tokens == 100_000 - cached and done.recomputed_tokens == 0
+    assert done.first_token_s - t0 >= eng.roofline.prefill_s(100_000 - cached, cached) * (1 - 1e-9)
     assert done.preemptions == 1
+    eng.check(final=True)
+
+
+@pytest.mark.parametrize("mode", ["swap", "recompute"])
+def test_a_preempted_call_whose_blocks_left_hbm_loads_them_back(mode):
+    # HBM of 200 blocks. The call is preempted after computing 128 of its 180 blocks; another
+    # call then takes HBM, pushing them down to DRAM. Swap mode wrote all 128 out and loads all
+    # 128 back; recompute mode finds those the tree kept (in DRAM, or still in HBM) and loads
+    # those from DRAM. Neither computes them again.
+    hbm = 200 * BS * 327_680
+    eng = engine("engine=offload", "cache=hbm_dram", f"cache.tiers.0.capacity_bytes={hbm}",
+                 f"engine.preemption={mode}", "engine.check_invariants=true")
+    eng.submit(request("a", np.arange(1, 181), 180 * BS), 0.0)
+    inst = eng.instances[0]
+    t = inst.step.end_s
+    eng.advance(t)
+    (seq,) = inst.running
+    assert seq.acquired.committed == 128
+    inst.step = None
+    eng._preempt(inst, seq, t)
+    inst.waiting.popleft()  # hold it back while another call takes HBM
+    eng._plan(inst, t)
+    eng.submit(request("b", np.arange(1000, 1190), 190 * BS), t)
+    run_until_done(eng)
+    in_hbm, in_dram = inst.cache.lookup(np.arange(1, 181))
+    assert in_hbm + in_dram == 128 and in_dram > 100  # b pushed most of them down
+    inst.waiting.append(seq)
+    eng._plan(inst, eng.clock)
+    done = run_until_done(eng)["a"]
+    loaded_blocks = 128 if mode == "swap" else in_dram
+    assert done.loaded_bytes == loaded_blocks * BS * 327_680  # whole instance: 8 GPUs' shards
+    assert done.recomputed_tokens == 0 and done.prefilled_tokens == 180 * BS
     eng.check(final=True)
 
 
@@ -84,39 +123,42 @@ def test_a_block_evicted_while_preempted_is_recomputed_and_counted():
 
 
 def test_a_call_waits_for_a_prefetch_still_in_flight():
-    # a's 1,562 blocks go down to DRAM; its child is prefetched 1 ms before it is sent, while
-    # the 4 GB transfer takes ~75 ms: the child's TTFT covers the rest of the transfer and its
-    # own prefill (it was 54 ms with load_s = 0 when a transfer counted as landed at its start).
+    # a's prompt is pushed down to DRAM, 1,083 of its 1,562 blocks (written through as stored:
+    # engine.inclusive, so bringing them back evicts nothing that must be written first). Its
+    # child is prefetched 1 ms before it is sent; the 1,083 blocks take 52.2 ms over PCIe. The
+    # child waits the 51.2 ms left, then prefills its 170 new tokens. (When a transfer counted
+    # as landed at its start, load_s was 0 and TTFT 22 ms.)
     hbm = 2000 * BS * 327_680
     eng = engine("engine=offload", "cache=hbm_dram", f"cache.tiers.0.capacity_bytes={hbm}",
-                 "engine.prefetch=true", "engine.prefetch_lead_s=0.001", "engine.check_invariants=true")
+                 "engine.inclusive=true", "engine.prefetch=true", "engine.prefetch_lead_s=0.001",
+                 "engine.check_invariants=true")
     a = request("a", np.arange(1, 1563), 100_000)
     eng.submit(a, 0.0)
     run_until_done(eng)
     eng.submit(request("b", np.arange(10_000, 11_500), 96_000, t=100.0), 100.0)
     run_until_done(eng)
-    cache = eng.instances[0].cache
-    assert cache.lookup(a.blocks)[1] > 0  # part of a now sits in DRAM
+    assert eng.instances[0].cache.lookup(a.blocks) == [479, 1083]
     eng.expect(a, 300.0)
     eng.advance(299.9995)
-    assert eng.prefetched_blocks > 0  # the prefetch began at 299.999
+    assert eng.prefetched_blocks == 1083  # the prefetch began at 299.999
     child = request("a-1", np.concatenate([a.blocks, [99_001, 99_002]]), 100_000 + 2 * BS + 10, t=300.0,
                     session="a")
     eng.submit(child, 300.0)
     done = run_until_done(eng)["a-1"]
-    dram = eng.tiers[1]
-    transfer = eng.roofline.load_s(dram, eng.prefetched_blocks * BS * KV_GPU_TOKEN)
-    prefill = eng.roofline.prefill_s(2 * BS + 10, 1562 * BS)
-    assert done.first_token_s - 300.0 >= (transfer - 0.001) + prefill - 1e-9
-    # it waited for the transfer, queued (HBM drains what the prefetch displaced) or loading
-    assert (done.start_s - 300.0) + done.load_s >= transfer - 0.001 - 1e-9
+    dram, hw = eng.tiers[1], eng.hw
+    transfer = dram.latency_s + 1083 * BS * KV_GPU_TOKEN / (dram.read_bw * hw.link_efficiency)
+    assert transfer == pytest.approx(0.0522, abs=1e-4)  # 1e-5 + 2.84 GB / (64 GB/s x 0.85)
+    assert done.prefilled_tokens == 170 and done.reused_tokens_by_tier == {"hbm": 1562 * BS, "dram": 0}
+    assert done.load_s == pytest.approx(transfer - 0.001, rel=1e-9)  # what was left of it
+    prefill = eng.roofline.prefill_s(170, 1562 * BS)
+    assert done.first_token_s - 300.0 == pytest.approx(transfer - 0.001 + prefill, rel=1e-9)
     eng.check(final=True)
 
 
 def test_sixteen_simultaneous_prompts_share_the_instance_on_both_simulators():
     # 16 distinct 26k-token prompts sent together: the analytic engine used to run them all at
-    # full speed at once (every TTFT 0.96 s). Prefills share the GPUs: the last TTFT is about
-    # 16 prefills.
+    # full speed at once (every TTFT one prefill: 0.96 s under the timing model of then, 1.42 s
+    # now). Prefills share the GPUs: the last TTFT is about 16 prefills.
     ttfts = {}
     for name in ("analytic", "offload"):
         eng = engine(f"engine={name}", "cache=hbm_dram", "engine.check_invariants=true")
@@ -158,7 +200,7 @@ def test_the_analytic_decode_batch_is_the_calls_decoding_at_the_time():
 def test_a_slow_write_tier_slows_a_replay_that_demotes_through_it():
     # Llama-3.1-8B on one H100: HBM holds two of these 64k-token prompts; each new one must
     # demote an older one (8.4 GB of KV) through DRAM's write bandwidth before it is admitted:
-    # ~8 s at 1 GB/s, ~0.15 s over PCIe, against a 1.7 s prefill.
+    # ~8.4 s at 1 GB/s, ~0.15 s over PCIe, against a 3.6 s prefill.
     kv_token = 131_072
     hbm = 2.2 * 1000 * BS * kv_token
     ttft = {}
