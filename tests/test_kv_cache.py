@@ -203,3 +203,36 @@ def test_the_checker_fails_on_a_hand_broken_cache():
     node.pins = 1  # a pin nobody released
     with pytest.raises(AssertionError):
         cache.check(final=True)
+
+
+def test_the_checker_fails_on_an_over_full_tier():
+    cache = BlockCache([4], ["hbm"])
+    serve(cache, H(1, 2, 3, 4), 0.0)
+    cache.check(final=True)
+    cache.capacity[0] = 3  # 4 unpinned blocks in a 3-block tier: eviction should have run
+    with pytest.raises(AssertionError, match="holds 4 blocks > capacity 3 with evictable blocks left"):
+        cache.check()
+
+
+def test_the_checker_fails_on_a_running_call_whose_blocks_are_not_pinned_in_hbm():
+    cache = BlockCache([8], ["hbm"])
+    got = cache.acquire(H(1, 2, 3), 0.0)
+    cache.commit(got, 3, 0.0)
+    cache.check([got])
+    got.leaf.pins, cache.pinned = 0, 0  # books agree with the tree, but the call lost its pin
+    with pytest.raises(AssertionError, match="running call's committed block is not pinned in HBM"):
+        cache.check([got])
+
+
+def test_the_checker_fails_on_a_block_in_a_faster_tier_than_its_ancestor():
+    cache = BlockCache([8, 8], ["hbm", "dram"])
+    serve(cache, H(1, 2, 3), 0.0)
+    serve(cache, H(1, 2, 9), 1.0)  # the run splits: [1, 2] above [3] and [9]
+    cache.check(final=True)
+    head = cache.tree.root.children[1]
+    assert len(head) == 2 and len(head.children) == 2
+    head.tier_end = [0, 2]  # [1, 2] moved to DRAM by hand, its children left in HBM
+    cache.used[0] -= 2
+    cache.used[1] += 2
+    with pytest.raises(AssertionError, match="a block in tier 0 below an ancestor that is not"):
+        cache.check()

@@ -246,13 +246,18 @@ TIGHT = ["cache.tiers.0.capacity_bytes=1.5e11", "cache.tiers.1.capacity_bytes=3e
     ["engine.router=cache_aware", "instances=2"], ["engine.prefetch=true"], ["engine.preemption=swap"],
     ["engine.inclusive=true"], ["engine.admit_min_uses=2"], ["engine.load_policy=if_faster"],
     ["engine.overlap_load=true"], ["cache=warehouse", "instances=2"], ["engine.prefix_reuse=false"],
+    ["engine.admission=reserve"], ["cache=hbm_only"],
     ["engine=analytic", "engine.router=cache_aware", "instances=2"],
-    ["engine=analytic", "engine.overlap_load=true"],
+    ["engine=analytic", "engine.router=round_robin", "instances=2"],
+    ["engine=analytic", "engine.router=least_loaded", "instances=2"],
+    ["engine=analytic", "engine.overlap_load=true"], ["engine=analytic", "engine.prefix_reuse=false"],
+    ["engine=analytic", "cache=hbm_only"],
 ], ids=lambda o: " ".join(o))
 def test_the_invariant_checker_holds_for_every_policy_router_and_option(small_coding, options):
     cache = next((o for o in options if o.startswith("cache=")), "cache=hbm_dram_nvme")
     name = next((o for o in options if o.startswith("engine=")), "engine=offload")
-    cfg = compose_cfg([name, cache, *TIGHT, "engine.check_invariants=true",
+    tight = TIGHT[:1] if cache == "cache=hbm_only" else TIGHT
+    cfg = compose_cfg([name, cache, *tight, "engine.check_invariants=true",
                        *[o for o in options if not o.startswith(("cache=", "engine="))]])
     engine = build_engine(cfg, 64)
     result = replay(str(small_coding), engine, ReplayOptions(progress=False, session_rate_per_s=1.0),
