@@ -14,6 +14,7 @@ from tracekit import row, write
 from replay.api_cache import ApiPricing, ModelPrices, ProviderPromptCache
 from replay.app import run
 from replay.billing import Biller
+from replay.cost import SECONDS_PER_MONTH
 from replay.runner import ReplayOptions, prepare_calls
 from replay.summary import table
 
@@ -46,6 +47,40 @@ def test_provisioned_cost_of_two_calls_by_hand(tmp_path):
     assert s["no_reuse_self_hosted_provisioned_usd"] == pytest.approx(provisioned, rel=1e-9)
     text = table(s)
     assert "self-hosted $ / session (provisioned)" in text and "(busy GPU-s only)" in text
+
+
+def two_lone_calls_on_the_offload_engine(tmp_path, overrides):
+    """run_two_lone_calls's trace and SIMPLE deployment on the offload engine (which reports the
+    KV held per tier over time, for storage cost)."""
+    path = write(tmp_path / "t.parquet", [row("x", 0, 12, [1, 2, 3], output_tokens=2, arrival_s=0.0),
+                                          row("y", 0, 12, [4, 5, 6], output_tokens=2, arrival_s=2.0)])
+    out = tmp_path / "run"
+    out.mkdir()
+    return run(compose_cfg([*[o for o in SIMPLE if not o.startswith("engine.")], "engine=offload",
+                            "instances=2", "replay.mode=open", "trace=file", f"trace.path={path}",
+                            "pricing.self_hosted.gpu_hour_usd=3.6", *overrides]), out)
+
+
+def test_provisioned_cost_adds_the_kv_held_by_hand(tmp_path):
+    # Each call's 3 prompt blocks (4 tokens x 4 bytes each: 16 bytes) enter HBM when its prefill
+    # ends and stay to the run's end (its 2 output tokens complete no block). HBM priced so that
+    # a byte held one second costs $0.001.
+    price = 1e12 * SECONDS_PER_MONTH * 0.001
+    s = two_lone_calls_on_the_offload_engine(
+        tmp_path, [f"pricing.self_hosted.storage_usd_per_tb_month.hbm={price!r}"])
+    one_call = prefill(12) + decode_step(12 + 1)
+    span = 2.0 + one_call
+    held_byte_s = 16 * 3 * (span - prefill(12)) + 16 * 3 * (span - 2.0 - prefill(12))  # x's, y's
+    assert s["span_s"] == pytest.approx(span, rel=1e-9)
+    assert s["storage_usd_by_tier"]["hbm"] == pytest.approx(held_byte_s * 0.001, rel=1e-9)
+    gpus = 2 * span * 0.001  # 2 instances x 1 GPU at $0.001/GPU-s (no power: SIMPLE's is 0 W)
+    assert s["self_hosted_provisioned_usd"] == pytest.approx(gpus + held_byte_s * 0.001, rel=1e-9)
+
+
+def test_provisioned_gpus_are_instances_times_tp(tmp_path):
+    s = two_lone_calls_on_the_offload_engine(tmp_path, ["parallel.tp=2", "hardware.links.nvlink=1e12"])
+    assert s["provisioned_gpu_s"] == pytest.approx(2 * 2 * s["span_s"], rel=1e-12)  # 2 instances x tp 2
+    assert s["self_hosted_provisioned_usd"] == pytest.approx(4 * s["span_s"] * 0.001, rel=1e-9)
 
 
 @pytest.mark.parametrize("engine", ["analytic", "offload"])
@@ -214,6 +249,17 @@ def test_a_short_prompt_of_a_model_with_a_high_minimum_is_not_cached(tmp_path, l
     written = dict(zip(bill["request_id"], bill["api_cache_write_tokens"], strict=True))
     assert cached == {"a-0": 0, "b-0": 2048, "c-0": 0, "d-0": 0}
     assert written == {"a-0": 2048, "b-0": 0, "c-0": 0, "d-0": 0}
+
+
+@pytest.mark.parametrize(("shared_blocks", "read"), [(15, 0), (16, 1024), (17, 1024), (18, 1152)])
+def test_openai_reads_1024_plus_128_k_tokens_of_the_shared_prefix_or_nothing(load_conf, shared_blocks, read):
+    """Two 2,560-token prompts share their first 15, 16, 17 or 18 blocks of 64 tokens: 960 is
+    under the floor; 1,024 reads 1,024; 1,088 rounds down to 1,024; 1,152 is 1,024 + 128."""
+    cache = ProviderPromptCache(ApiPricing.from_cfg(load_conf("pricing", "openai_gpt_5")["api"]), 64)
+    first = np.arange(1, 41, dtype=np.uint64)  # 40 blocks
+    cache.call(first, 0.0, 2560, 0)
+    second = np.concatenate([first[:shared_blocks], np.arange(1001, 1041 - shared_blocks, dtype=np.uint64)])
+    assert cache.call(second, 1.0, 2560, 0).cached_tokens == read
 
 
 def test_openai_floor_applies_to_the_cached_prefix(load_conf):
