@@ -6,11 +6,13 @@ import math
 import numpy as np
 import pytest
 from conftest import conf
+from replaykit import SIMPLE, SIMPLE_FLOPS, SIMPLE_HEAD, compose_cfg
 
 from engines.base import Request
 from engines.offload import OffloadEngine
 from engines.roofline import Roofline
 from engines.specs import ConfigError, HardwareSpec, ModelSpec, hbm_kv_capacity_bytes
+from replay.app import build_engine
 from traces.hashing import chain_hashes, output_blocks_after
 
 
@@ -155,6 +157,24 @@ def test_a_mixed_step_costs_the_sum_of_its_operators():
     assert ops(roof, chunks, b, ctx)["decode_attention"].seconds == pytest.approx(kv_read)
     # so they never hide under the prefill GEMMs: the step costs at least the prefill plus them
     assert step > roof.prefill_s(8192) + kv_read - hw.overhead_s
+
+
+def test_a_mixed_step_by_hand_is_each_operator_at_its_own_roofline():
+    # SIMPLE with 4-byte KV (8 bytes a token: decode attention reads 8 bytes per 4 FLOPs, so it
+    # is bandwidth-bound at 1 TFLOP/s and 1 TB/s). One 1,000-token chunk, 100 sequences decoding
+    # at 1e8 tokens of context: the GEMMs, the prefill attention and the decode KV reads each at
+    # their own roofline, summed. One max over the whole step would hide the 80 GB of KV reads
+    # under the GEMMs' FLOPs: 1.140 s instead of 1.180 s.
+    eng = build_engine(compose_cfg([*[o for o in SIMPLE if o != "model.kv_dtype_bytes=2"],
+                                    "model.kv_dtype_bytes=4"]), 4)
+    n, b, ctx = 1000, 100, 1e8
+    gemms = (2 * (5e8 - 2 * SIMPLE_HEAD) * (n + b) + 2 * SIMPLE_HEAD * (1 + b)) / SIMPLE_FLOPS
+    prefill_attention = max(4 * n * n / 2, 8 * n) / SIMPLE_FLOPS
+    decode_attention = max(4 * b * ctx, 8 * b * ctx) / 1e12  # bytes: 80 GB at 1 TB/s
+    assert eng.hw.pass_overhead_s == 0
+    step = eng.roofline.step_s([(n, 0)], b, ctx)
+    assert step == pytest.approx(gemms + prefill_attention + decode_attention, rel=1e-12)
+    assert step == pytest.approx(1.1800009253, rel=1e-9)
 
 
 def _request(i, n_in, n_out, bs, rng):
