@@ -19,7 +19,8 @@ is tp x its busy time, never more. Its prompt blocks become reusable when its pr
 its output blocks when it finishes. A prefill's end needs no event of its own: it is applied,
 in time order, when its instance is next touched (a call routed there, a finish, a load
 landing), and nothing reads an instance in between. Writes to lower tiers are not timed here
-(the offload engine times them). Not modelled: a call's tpot does not follow later changes of
+(the offload engine times them). The KV each tier holds is integrated over time (byte-seconds,
+for storage cost), as the offload engine does. Not modelled: a call's tpot does not follow later changes of
 the batch (only prefill stalls move it), a prefill's steps keep the batch they started with,
 and a chunk step always carries a whole chunk. Fast enough for millions of calls.
 """
@@ -103,8 +104,14 @@ class AnalyticEngine:
         # at or after that time, so they cost no event of their own
         self._prefilled: list[list[tuple[float, int, _Running]]] = [[] for _ in range(d.instances)]
         self._seq = itertools.count()
+        # KV held per instance and tier, integrated over time (block-seconds) up to ``_held_to``:
+        # an instance's cache changes in time order, so integrating before each change is exact
+        self._block_s = [[0.0] * len(self.tiers) for _ in range(d.instances)]
+        self._held_to = [0.0] * d.instances
+        self._last_t = 0.0  # the latest time the engine was asked about (a send or an event)
 
     def submit(self, request: Request, now: float) -> None:
+        self._last_t = max(self._last_t, now)
         inst = self.router.pick(request.session_id, self._in_system, lambda i: sum(
             self._ended_prefills(i, now).lookup(self.deployment.blocks(request.blocks))))
         self._end_prefills(inst, now)
@@ -136,6 +143,7 @@ class AnalyticEngine:
     def _start(self, request: Request, blocks: np.ndarray, inst: int, now: float) -> None:
         """A call starts at ``now``: pin its prefix, time its loads, its prefill and its decode."""
         bs, roof, cache = self.block_size, self.roofline, self.caches[inst]
+        self._hold(inst, now)
         load_id = next(self._seq)
         acquired = cache.acquire(blocks, now, reusable_blocks(request.input_tokens, bs), load_id)
         decode_blocks = self._decode_blocks(request, len(blocks))
@@ -292,6 +300,7 @@ class AnalyticEngine:
         while pending and (pending[0][0] < t or at_t and pending[0][0] == t):
             end, _, running = heapq.heappop(pending)
             self._account(inst, end)
+            self._hold(inst, end)
             self.caches[inst].commit(running.acquired, len(running.blocks), end)
             running.share_at_join = self._share[inst]
             self._batch[inst] += 1
@@ -301,6 +310,7 @@ class AnalyticEngine:
         done = []
         while (t := self.next_event_time()) is not None and t <= until:
             _, kind, _, what = heapq.heappop(self._events)
+            self._last_t = max(self._last_t, t)
             if kind == LANDED:
                 load_id, inst = what
                 self._end_prefills(inst, t, at_t=False)
@@ -315,6 +325,7 @@ class AnalyticEngine:
             self._batch[inst] -= 1
             what.completion.gpu_s += self.tp * (self._share[inst] - what.share_at_join)
             output = self.deployment.output_blocks(what.request) if self.cache_output_blocks else None
+            self._hold(inst, t)
             cache.reserved -= what.decode_blocks
             cache.release(what.acquired, t, output)
             self._running[inst].discard(what)
@@ -322,6 +333,15 @@ class AnalyticEngine:
             self._start_waiting(inst, t)
             self._check(inst)
         return done
+
+    def _hold(self, inst: int, t: float) -> None:
+        """Integrate the instance's KV held per tier up to ``t`` (before its cache changes)."""
+        dt = t - self._held_to[inst]
+        if dt > 0:
+            held, used = self._block_s[inst], self.caches[inst].used
+            for tier in range(len(held)):
+                held[tier] += used[tier] * dt
+            self._held_to[inst] = t
 
     def _check(self, inst: int) -> None:
         if self.check_invariants:
@@ -333,4 +353,12 @@ class AnalyticEngine:
             cache.check([r.acquired for r in self._running[inst]], final)
 
     def stats(self) -> dict[str, Any]:
-        return {"block_size": self.block_size, "tiers": tier_report(self.caches, self.block_size)}
+        """Per-tier cache figures, and the KV each tier held over the run (byte-seconds, up to
+        the last send or event: what storage cost is charged on)."""
+        for inst in range(len(self.caches)):
+            self._hold(inst, self._last_t)
+        block_bytes = self.deployment.block_bytes
+        byte_s = {name: sum(held[t] for held in self._block_s) * block_bytes
+                  for t, name in enumerate(self.tier_names)}
+        return {"block_size": self.block_size, "tiers": tier_report(self.caches, self.block_size),
+                "byte_seconds_by_tier": byte_s}
