@@ -61,15 +61,13 @@ def test_a_preempted_100k_call_prefills_all_it_did_not_find_cached(mode, prefix_
     eng.check(final=True)
 
 
-@pytest.mark.parametrize("mode", ["swap", "recompute"])
-def test_a_preempted_call_whose_blocks_left_hbm_loads_them_back(mode):
-    # HBM of 200 blocks. The call is preempted after computing 128 of its 180 blocks; another
-    # call then takes HBM, pushing them down to DRAM. Swap mode wrote all 128 out and loads all
-    # 128 back; recompute mode finds those the tree kept (in DRAM, or still in HBM) and loads
-    # those from DRAM. Neither computes them again.
+def preempted_then_crowded_out(*overrides: str):
+    """HBM of 200 blocks. Call a (180 blocks) is preempted after its first chunk computed 128 of
+    them and held back while call b (190 blocks) runs to its end, taking HBM. Returns the
+    engine, its instance and a's sequence, waiting to be readmitted."""
     hbm = 200 * BS * 327_680
-    eng = engine("engine=offload", "cache=hbm_dram", f"cache.tiers.0.capacity_bytes={hbm}",
-                 f"engine.preemption={mode}", "engine.check_invariants=true")
+    eng = engine("engine=offload", f"cache.tiers.0.capacity_bytes={hbm}", "engine.check_invariants=true",
+                 *overrides)
     eng.submit(request("a", np.arange(1, 181), 180 * BS), 0.0)
     inst = eng.instances[0]
     t = inst.step.end_s
@@ -82,6 +80,15 @@ def test_a_preempted_call_whose_blocks_left_hbm_loads_them_back(mode):
     eng._plan(inst, t)
     eng.submit(request("b", np.arange(1000, 1190), 190 * BS), t)
     run_until_done(eng)
+    return eng, inst, seq
+
+
+@pytest.mark.parametrize("mode", ["swap", "recompute"])
+def test_a_preempted_call_whose_blocks_left_hbm_loads_them_back(mode):
+    # b pushes a's 128 computed blocks down to DRAM. Swap mode wrote all 128 out and loads all
+    # 128 back; recompute mode finds those the tree kept (in DRAM, or still in HBM) and loads
+    # those from DRAM. Neither computes them again.
+    eng, inst, seq = preempted_then_crowded_out("cache=hbm_dram", f"engine.preemption={mode}")
     in_hbm, in_dram = inst.cache.lookup(np.arange(1, 181))
     assert in_hbm + in_dram == 128 and in_dram > 100  # b pushed most of them down
     inst.waiting.append(seq)
@@ -94,24 +101,9 @@ def test_a_preempted_call_whose_blocks_left_hbm_loads_them_back(mode):
 
 
 def test_a_block_evicted_while_preempted_is_recomputed_and_counted():
-    # HBM of 200 blocks; the preempted call's 128 computed blocks are evicted by another call
-    # (hbm_only: nowhere to go) before it returns, so it computes them again: of its 128
-    # computed blocks, those not kept are recomputed.
-    hbm = 200 * BS * 327_680
-    eng = engine("engine=offload", "cache=hbm_only", f"cache.tiers.0.capacity_bytes={hbm}",
-                 "engine.check_invariants=true")
-    eng.submit(request("a", np.arange(1, 181), 180 * BS), 0.0)
-    inst = eng.instances[0]
-    t = inst.step.end_s
-    eng.advance(t)
-    (seq,) = inst.running
-    assert seq.acquired.committed == 128
-    inst.step = None
-    eng._preempt(inst, seq, t)
-    inst.waiting.popleft()  # hold it back while another call takes all of HBM
-    eng._plan(inst, t)
-    eng.submit(request("b", np.arange(1000, 1190), 190 * BS), t)
-    run_until_done(eng)
+    # b evicts a's 128 computed blocks (hbm_only: nowhere to go) before a returns, so a computes
+    # them again: of its 128 computed blocks, those not kept are recomputed.
+    eng, inst, seq = preempted_then_crowded_out("cache=hbm_only")
     kept = inst.cache.lookup(np.arange(1, 181))[0]
     assert kept < 128  # b evicted most of them
     inst.waiting.append(seq)
