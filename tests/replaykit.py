@@ -46,10 +46,10 @@ def simple_decode_step_s(context: float) -> float:
     return (2 * (5e8 - 2 * SIMPLE_HEAD) + 2 * SIMPLE_HEAD + 4 * context) / SIMPLE_FLOPS
 
 
-def run_two_lone_calls(tmp_path: Path, overrides: list[str]) -> dict[str, Any]:
+def run_two_lone_calls(tmp_path: Path, overrides: list[str], engine: str = "analytic") -> dict[str, Any]:
     """Two one-call sessions, 12-token prompts sharing nothing and 2 output tokens, sent at 0 and
-    2 s (open mode) to 2 SIMPLE instances: each takes one prefill and one decode step, nobody
-    queues. Returns the run's summary."""
+    2 s (open mode) to 2 SIMPLE instances of ``engine`` (analytic or offload): each takes one
+    prefill and one decode step, nobody queues. Returns the run's summary."""
     from tracekit import row, write
 
     from replay.app import run
@@ -60,5 +60,6 @@ def run_two_lone_calls(tmp_path: Path, overrides: list[str]) -> dict[str, Any]:
     ])
     out = tmp_path / "run"
     out.mkdir()
-    return run(compose_cfg([*SIMPLE, "instances=2", "replay.mode=open", "trace=file", f"trace.path={path}",
-                            *overrides]), out)
+    simple = SIMPLE if engine == "analytic" else [o for o in SIMPLE if not o.startswith("engine.")]
+    return run(compose_cfg([*simple, f"engine={engine}", "instances=2", "replay.mode=open", "trace=file",
+                            f"trace.path={path}", *overrides]), out)

@@ -49,24 +49,14 @@ def test_provisioned_cost_of_two_calls_by_hand(tmp_path):
     assert "self-hosted $ / session (provisioned)" in text and "(busy GPU-s only)" in text
 
 
-def two_lone_calls(tmp_path, engine, overrides):
-    """run_two_lone_calls's trace and SIMPLE deployment, on either simulator."""
-    path = write(tmp_path / "t.parquet", [row("x", 0, 12, [1, 2, 3], output_tokens=2, arrival_s=0.0),
-                                          row("y", 0, 12, [4, 5, 6], output_tokens=2, arrival_s=2.0)])
-    out = tmp_path / "run"
-    out.mkdir()
-    simple = SIMPLE if engine == "analytic" else [o for o in SIMPLE if not o.startswith("engine.")]
-    return run(compose_cfg([*simple, f"engine={engine}", "instances=2", "replay.mode=open", "trace=file",
-                            f"trace.path={path}", "pricing.self_hosted.gpu_hour_usd=3.6", *overrides]), out)
-
-
 @pytest.mark.parametrize("engine", ["analytic", "offload"])
 def test_provisioned_cost_adds_the_kv_held_by_hand(tmp_path, engine):
     # Each call's 3 prompt blocks (4 tokens x 4 bytes each: 16 bytes) enter HBM when its prefill
     # ends and stay to the run's end (its 2 output tokens complete no block). HBM priced so that
     # a byte held one second costs $0.001.
     price = 1e12 * SECONDS_PER_MONTH * 0.001
-    s = two_lone_calls(tmp_path, engine, [f"pricing.self_hosted.storage_usd_per_tb_month.hbm={price!r}"])
+    s = run_two_lone_calls(tmp_path, ["pricing.self_hosted.gpu_hour_usd=3.6",
+                                      f"pricing.self_hosted.storage_usd_per_tb_month.hbm={price!r}"], engine)
     one_call = prefill(12) + decode_step(12 + 1)
     span = 2.0 + one_call
     held_byte_s = 16 * 3 * (span - prefill(12)) + 16 * 3 * (span - 2.0 - prefill(12))  # x's, y's
@@ -77,7 +67,8 @@ def test_provisioned_cost_adds_the_kv_held_by_hand(tmp_path, engine):
 
 
 def test_provisioned_gpus_are_instances_times_tp(tmp_path):
-    s = two_lone_calls(tmp_path, "offload", ["parallel.tp=2", "hardware.links.nvlink=1e12"])
+    s = run_two_lone_calls(tmp_path, ["pricing.self_hosted.gpu_hour_usd=3.6", "parallel.tp=2",
+                                      "hardware.links.nvlink=1e12"], "offload")
     assert s["provisioned_gpu_s"] == pytest.approx(2 * 2 * s["span_s"], rel=1e-12)  # 2 instances x tp 2
     assert s["self_hosted_provisioned_usd"] == pytest.approx(4 * s["span_s"] * 0.001, rel=1e-9)
 
