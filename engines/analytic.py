@@ -20,9 +20,9 @@ its output blocks when it finishes. A prefill's end needs no event of its own: i
 in time order, when its instance is next touched (a call routed there, a finish, a load
 landing), and nothing reads an instance in between. Writes to lower tiers are not timed here
 (the offload engine times them). The KV each tier holds is integrated over time (byte-seconds,
-for storage cost), as the offload engine does. Not modelled: a call's tpot does not follow later changes of
-the batch (only prefill stalls move it), a prefill's steps keep the batch they started with,
-and a chunk step always carries a whole chunk. Fast enough for millions of calls.
+for storage cost), as the offload engine does. Not modelled: a call's tpot does not follow
+later changes of the batch (only prefill stalls move it), a prefill's steps keep the batch they
+started with, and a chunk step always carries a whole chunk. Fast enough for millions of calls.
 """
 
 from __future__ import annotations

@@ -109,13 +109,10 @@ class BillProcess:
 
 def serve(inp: IO[bytes], out: IO[bytes]) -> None:
     """The child's side: read the set-up and the event batches, write the bill."""
-    from replay.runner import prepare_calls
-    from traces.expand import CallExpander
+    from replay.runner import expandable_calls
 
     biller, path, opts = pickle.load(inp)
-    calls = prepare_calls(path, opts)
-    expander = CallExpander(calls, biller.block_size)
-    rows = calls.drop("new_block_hashes").to_dicts()
+    _, expander, rows = expandable_calls(path, opts, biller.block_size)
     index = {call["row"]: i for i, call in enumerate(rows)}
     stream = biller.stream()
     prompts: dict[int, Any] = {}  # the block lists of calls sent and not yet finished

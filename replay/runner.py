@@ -125,6 +125,15 @@ def check_links(path: str, calls: pl.DataFrame) -> None:
         fail(orphans, "parent_id: {parent_id!r} is not a request of the trace")
 
 
+def expandable_calls(path: str, opts: ReplayOptions,
+                     block_size: int) -> tuple[pl.DataFrame, CallExpander, list[dict[str, Any]]]:
+    """The calls to replay (``prepare_calls``, links checked), their block expander, and their
+    rows as dicts without the hash lists: what the replay and the bill's process start from."""
+    calls = prepare_calls(path, opts)
+    check_links(path, calls)
+    return calls, CallExpander(calls, block_size), calls.drop("new_block_hashes").to_dicts()
+
+
 @dataclass
 class ReplayResult:
     sent: int = 0
@@ -146,11 +155,8 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     """
     opts.check()
     meta = read_meta(path)
-    calls = prepare_calls(path, opts)
-    check_links(path, calls)
+    calls, expander, rows = expandable_calls(path, opts, meta.block_size)
     n = calls.height
-    expander = CallExpander(calls, meta.block_size)
-    rows = calls.drop("new_block_hashes").to_dicts()
     children: dict[str, list[int]] = {}
     queue: list[tuple[float, int, int]] = []
     seq = itertools.count()
