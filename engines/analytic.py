@@ -117,7 +117,8 @@ class AnalyticEngine:
         self._end_prefills(inst, now)
         self._waiting[inst].append(request)
         self._start_waiting(inst, now)
-        self._check(inst)
+        if self.check_invariants:
+            self._check(inst)
 
     def _in_system(self, inst: int) -> int:
         """Calls running or waiting on an instance (the routers' load)."""
@@ -133,20 +134,21 @@ class AnalyticEngine:
         while waiting and len(self._running[inst]) < self.concurrency:
             request = waiting[0]
             blocks = self.deployment.blocks(request.blocks)
-            need = len(blocks) + self._decode_blocks(request, len(blocks))
+            decode_blocks = self._decode_blocks(request, len(blocks))
+            need = len(blocks) + decode_blocks
             free = cache.free_blocks()
             if need > free and self._running[inst] and need - cache.lookup(blocks)[0] > free:
                 return  # (the lookup only when the whole prompt would not fit anyway)
             waiting.popleft()
-            self._start(request, blocks, inst, now)
+            self._start(request, blocks, decode_blocks, inst, now)
 
-    def _start(self, request: Request, blocks: np.ndarray, inst: int, now: float) -> None:
-        """A call starts at ``now``: pin its prefix, time its loads, its prefill and its decode."""
+    def _start(self, request: Request, blocks: np.ndarray, decode_blocks: int, inst: int, now: float) -> None:
+        """A call starts at ``now``: pin its prefix, time its loads, its prefill and its decode
+        (``decode_blocks``: the KV its output will take, reserved now)."""
         bs, roof, cache = self.block_size, self.roofline, self.caches[inst]
         self._hold(inst, now)
         load_id = next(self._seq)
         acquired = cache.acquire(blocks, now, reusable_blocks(request.input_tokens, bs), load_id)
-        decode_blocks = self._decode_blocks(request, len(blocks))
         cache.reserved += decode_blocks
         cache.make_room(now)
         hits = acquired.hits
@@ -221,9 +223,8 @@ class AnalyticEngine:
         if not decoding:
             return alone, steps
         batch = len(decoding)
-        mean_ctx = sum(r.context for r in decoding) / batch
-        with_decode = roof.step_s([(chunk, cached_tokens)], batch, mean_ctx)
-        return alone + steps * (with_decode - roof.step_s([(chunk, cached_tokens)])), steps
+        mean_ctx = sum([r.context for r in decoding]) / batch
+        return alone + steps * roof.decode_in_chunk_s(chunk, cached_tokens, batch, mean_ctx), steps
 
     def _stall(self, decoding: list[_Running], start: float, end: float, steps: int) -> None:
         """A prefill of ``steps`` chunk steps runs over [start, end): a call decoding then makes
@@ -304,7 +305,8 @@ class AnalyticEngine:
             self.caches[inst].commit(running.acquired, len(running.blocks), end)
             running.share_at_join = self._share[inst]
             self._batch[inst] += 1
-            self._check(inst)
+            if self.check_invariants:
+                self._check(inst)
 
     def advance(self, until: float) -> list[Completion]:
         done = []
@@ -331,21 +333,23 @@ class AnalyticEngine:
             self._running[inst].discard(what)
             done.append(what.completion)
             self._start_waiting(inst, t)
-            self._check(inst)
+            if self.check_invariants:
+                self._check(inst)
         return done
 
     def _hold(self, inst: int, t: float) -> None:
         """Integrate the instance's KV held per tier up to ``t`` (before its cache changes)."""
         dt = t - self._held_to[inst]
         if dt > 0:
-            held, used = self._block_s[inst], self.caches[inst].used
-            for tier in range(len(held)):
-                held[tier] += used[tier] * dt
+            held = self._block_s[inst]
+            for tier, used in enumerate(self.caches[inst].used):
+                held[tier] += used * dt
             self._held_to[inst] = t
 
     def _check(self, inst: int) -> None:
-        if self.check_invariants:
-            self.caches[inst].check([r.acquired for r in self._running[inst]])
+        """The instance's cache invariants (with ``check_invariants``: callers test the flag, as
+        this runs after every event)."""
+        self.caches[inst].check([r.acquired for r in self._running[inst]])
 
     def check(self, final: bool = False) -> None:
         """Every instance's block-cache invariants (see ``BlockCache.check``)."""

@@ -249,9 +249,11 @@ class BlockCache:
         hits = self._hits(path, limit)
         for t in range(1, self.n_tiers):
             self.stats[t].loaded += hits[t]
-        waits = {node.landing for node in path if node.landing is not None}
+        waits = []  # loads still landing blocks of the path (before any is marked for this one)
         leaf = self.tree.root
         for node in path:
+            if node.landing is not None:
+                waits.append(node.landing)
             self._pin(node, now)
             node.uses += 1
             if node.tier_end[0] != len(node.hashes):
@@ -263,7 +265,7 @@ class BlockCache:
         self.uncommitted += private
         self._evict_all()
         return Acquired(leaf=leaf, hits=hits, prompt=hashes, committed=limit,
-                        private=private, waits=tuple(sorted(waits)))
+                        private=private, waits=tuple(sorted(set(waits))) if waits else ())
 
     def commit(self, acquired: Acquired, upto: int, now: float) -> None:
         """The call has computed its first ``upto`` prompt blocks: enter those not yet in the

@@ -221,6 +221,15 @@ class Roofline:
         return self._pass_s(tokens + decode_batch, len(prefill_chunks) + decode_batch, pairs, cached, kv,
                             decode_batch * decode_context_tokens)
 
+    def decode_in_chunk_s(self, chunk: int, cached: int, batch: int, context_tokens: float) -> float:
+        """What ``batch`` sequences decoding at a mean context of ``context_tokens`` add to a step
+        that prefills ``chunk`` tokens after ``cached``: ``step_s([(chunk, cached)], batch,
+        context_tokens) - step_s([(chunk, cached)])``, with no chunk lists built (the analytic
+        engine asks this for every prefill)."""
+        pairs, kv = chunk * cached + chunk * chunk / 2.0, cached + chunk
+        return (self._pass_s(chunk + batch, 1 + batch, pairs, cached, kv, batch * context_tokens)
+                - self._pass_s(chunk, 1, pairs, cached, kv, 0.0))
+
     def operators(self, prefill_chunks: list[tuple[int, int]], decode_batch: int = 0,
                   decode_context_tokens: float = 0.0) -> list[Op]:
         """The operators of a step with their per-GPU FLOPs, bytes and times (what ``step_s``

@@ -177,6 +177,18 @@ def test_a_mixed_step_by_hand_is_each_operator_at_its_own_roofline():
     assert step == pytest.approx(1.1800009253, rel=1e-9)
 
 
+@pytest.mark.parametrize("name", ["llama3_1_70b", "deepseek_v3"])
+def test_decode_in_chunk_is_what_the_batch_adds_to_a_chunk_step(name):
+    # the analytic engine prices a prefill's mixed steps with this shortcut: it must be the
+    # difference of the two steps exactly (a dense and an MoE/MLA model; cached and not)
+    roof = Roofline(model(name), hardware("h100_sxm"), 8)
+    for chunk, cached, batch, ctx in [(8192, 0, 1, 1000.0), (4000, 30_000, 7, 26_123.5), (17, 5, 200, 9e4)]:
+        want = roof.step_s([(chunk, cached)], batch, ctx) - roof.step_s([(chunk, cached)])
+        assert roof.decode_in_chunk_s(chunk, cached, batch, ctx) == want
+        # the batch's KV reads are their own operator: never hidden under the chunk's GEMMs
+        assert want >= ops(roof, [(chunk, cached)], batch, ctx)["decode_attention"].seconds > 0
+
+
 def _request(i, n_in, n_out, bs, rng):
     blocks = chain_hashes(None, rng.integers(1, 2**63, size=n_in // bs, dtype=np.uint64))
     rid = f"r{i}"
