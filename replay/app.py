@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the modules below load polars, pyarrow and the engines: `re
     from replay.bill_process import BillProcess
     from replay.billing import Biller, BillStream
     from replay.cost import SelfHostedPricing
+    from replay.interrupt import CtrlC
     from replay.runner import ReplayOptions, ReplayResult
 
 BASELINES = ("simulate", "off")
@@ -142,7 +143,21 @@ def storage_usd(pricing: SelfHostedPricing, result: ReplayResult) -> dict[str, f
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One replay: trace -> runner -> engine -> metrics and the API bill (fed the runner's calls
-    as sent and finished), then the no-reuse baseline (a second simulation), cost, summary."""
+    as sent and finished), then the no-reuse baseline (a second simulation), cost, summary.
+
+    Ctrl-C keeps what ran: in the replay, the finished calls; once it is over (the bill's
+    last events, the baseline, the tables), a first press skips the baseline and the plots and
+    the run is written, marked interrupted; a second press stops at once."""
+    from replay.interrupt import CtrlC
+
+    finishing = CtrlC()  # started by _run once the replay is over
+    try:
+        return _run(cfg, run_dir, finishing)
+    finally:
+        finishing.stop()
+
+
+def _run(cfg: DictConfig, run_dir: Path, finishing: CtrlC) -> dict[str, Any]:
     import dataclasses
 
     import numpy as np
@@ -194,6 +209,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     bill_stream = open_bill(cfg, biller, path, opts)
     try:
         result = simulate(path, engine, opts, engine_rows, bill_stream)
+        finishing.start()
         bill = bill_stream.close()
     finally:
         bill_stream.abort()
@@ -204,14 +220,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     extra = tuple(getattr(engine, "extra_columns", ()))
     del engine  # the baseline's engine is built next: never two in memory
     base_frame, base_storage = None, None
-    if baseline == "simulate" and not result.interrupted:  # Ctrl-C: the user wants out, not a second run
+    # Ctrl-C (in the replay, or since): the user wants out, not a second run
+    if baseline == "simulate" and not (result.interrupted or finishing.pressed):
         base_rows = run_dir / ".requests.no_reuse.parquet"
         no_reuse = build_engine(cfg, meta.block_size, prefix_reuse=False)
         base_result = simulate(path, no_reuse, dataclasses.replace(opts, progress_label="no-reuse baseline"),
                                base_rows)
-        if not base_result.interrupted:
+        if base_result.interrupted:
+            finishing.pressed = True  # pressed in the baseline's own loop: after the replay all the same
+        else:
             base_frame, base_storage = baseline_frame(base_rows, tiers), storage_usd(self_hosted, base_result)
         base_rows.unlink()
+    interrupted = result.interrupted or finishing.pressed
     gpu_cost = self_hosted.gpu_cost
     requests = assemble(engine_rows, run_dir / "requests.parquet", tiers, base_frame, bill, {
         "cost_usd": gpu_cost(pl.col("gpu_s"), power_w),
@@ -226,7 +246,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         engine=str(cfg.engine._target_).rsplit(".", 1)[-1], model=cfg.model.name,
         hardware=hardware_name, cache=cfg.cache.name, pricing=cfg.pricing.api.model,
         tp=int(cfg.parallel.tp), instances=int(cfg.instances), mode=opts.mode,
-        interrupted=result.interrupted, calls_sent=result.sent, engine_stats=result.engine_stats,
+        interrupted=interrupted, calls_sent=result.sent, engine_stats=result.engine_stats,
         slo=Slo.from_cfg(cfg.get("slo")),
     )
     if pools_ is not None:
@@ -234,7 +254,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary["pools"] = pool_figures(requests, pools_, summary["span_s"], self_hosted)
     summary.update(load_figures(requests, load, np.random.default_rng(int(cfg.seed))))
     write_summary(summary, run_dir / "summary.json")
-    if cfg.get("plots", True):
+    if cfg.get("plots", True) and not finishing.pressed:
         from replay.plots import run_plots
 
         run_plots(run_dir, summary, tiers, self_hosted.gpu_hour_usd)
@@ -269,7 +289,7 @@ def main(cfg: DictConfig) -> float | None:
         if sweep:
             return None
         sys.exit(1)
-    except KeyboardInterrupt:  # outside the replay loop (which keeps what finished): nothing to keep
+    except KeyboardInterrupt:  # before the replay, or a second press after it: nothing to keep
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # a bug: the traceback is shown, and a sweep still goes on

@@ -3,6 +3,7 @@ still run, the comparison table marks it and the sweep exits 1; replay-report sk
 note. A bare `replay --help` answers without loading Hydra or polars. Ctrl-C during a replay
 keeps what finished and exits 130."""
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
@@ -70,20 +73,26 @@ def test_bare_help_loads_neither_hydra_nor_polars(tmp_path):
     assert "engine: [analytic]," in result.stdout and "load:" in result.stdout
 
 
-@pytest.mark.parametrize("bill_process", ["null", "0"])  # the API bill in the replay's process, or its own
-def test_ctrl_c_during_a_replay_keeps_what_finished_and_exits_130(tmp_path, bill_process):
+def start_replay(tmp_path, *args):
+    """`replay ARGS` in its own process group (a terminal's Ctrl-C goes to the whole group)."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.Popen([str(BIN / "replay"), "engine=offload", "trace.sessions=60", "plots=false",
-                             f"replay.bill_process_min_calls={bill_process}"], cwd=tmp_path,
+    return subprocess.Popen([str(BIN / "replay"), "plots=false", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
+
+
+def read_until(proc, text):
+    """stderr up to ``text`` (the progress bar is shown off a terminal too)."""
     seen = ""
-    while "replay:" not in seen:  # the progress bar (shown off a terminal too): the loop has begun
+    while text not in seen:
         char = proc.stderr.read(1)
         assert char, proc.communicate()
         seen += char
-    time.sleep(1.0)  # some calls finish
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole foreground group
+    return seen
+
+
+def interrupted_run(tmp_path, proc, seen):
+    """The run a Ctrl-C stopped: exit 130 said plainly, its summary and its calls."""
     out, err = proc.communicate(timeout=120)
     err = seen + err
     assert proc.returncode == 130, err
@@ -94,4 +103,65 @@ def test_ctrl_c_during_a_replay_keeps_what_finished_and_exits_130(tmp_path, bill
     requests = pl.read_parquet(run_dir / "requests.parquet")
     assert requests.height == summary["calls"] <= summary["calls_sent"]
     assert requests["api_cost_usd"].null_count() == 0  # every finished call billed
-    assert summary["calls"] < pl.read_parquet(run_dir / "trace.parquet").height  # stopped early
+    return summary, pl.read_parquet(run_dir / "trace.parquet").height
+
+
+@pytest.mark.parametrize("bill_process", ["null", "0"])  # the API bill in the replay's process, or its own
+def test_ctrl_c_during_a_replay_keeps_what_finished_and_exits_130(tmp_path, bill_process):
+    proc = start_replay(tmp_path, "engine=offload", "trace.sessions=60",
+                        f"replay.bill_process_min_calls={bill_process}")
+    seen = read_until(proc, "replay:")  # the loop has begun
+    time.sleep(1.0)  # some calls finish
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole foreground group
+    summary, trace_calls = interrupted_run(tmp_path, proc, seen)
+    assert summary["calls"] < trace_calls  # stopped early
+
+
+def test_ctrl_c_in_the_no_reuse_baseline_keeps_the_whole_replay(tmp_path):
+    proc = start_replay(tmp_path, "engine=offload", "trace.sessions=60")
+    seen = read_until(proc, "no-reuse baseline:")  # the replay is over, the second simulation begun
+    os.killpg(proc.pid, signal.SIGINT)
+    summary, trace_calls = interrupted_run(tmp_path, proc, seen)
+    assert summary["calls"] == summary["calls_sent"] == trace_calls
+
+
+def test_ctrl_c_while_the_bill_process_finishes_keeps_the_whole_run(tmp_path):
+    # The bill's process is stopped (SIGSTOP) from its start, so the replay, once over, waits
+    # for it in close(); the press lands there. It must not lose the run: the bill is awaited,
+    # the rest written, and the exit says it was interrupted. (Before, the run was lost.)
+    proc = start_replay(tmp_path, "engine=analytic", "trace.sessions=5", "replay.bill_process_min_calls=0",
+                        "replay.progress=false")
+    deadline = time.monotonic() + 60
+    while not (children := [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                            and _parent_pid(p) == proc.pid]):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    os.kill(children[0], signal.SIGSTOP)
+    try:
+        while not (rows := list(tmp_path.glob("outputs/*/*/.requests.engine.parquet"))) \
+                or not _complete_parquet(rows[0]):  # the replay is over: its engine rows are written
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)  # into close(): the last events written, the bill awaited
+        os.kill(proc.pid, signal.SIGINT)  # a terminal's press: the bill runs in a session of its own
+        time.sleep(0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # (gone if the replay gave up on it)
+            os.kill(children[0], signal.SIGCONT)
+    summary, trace_calls = interrupted_run(tmp_path, proc, "")
+    assert summary["calls"] == summary["calls_sent"] == trace_calls
+
+
+def _parent_pid(proc_dir: Path) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _complete_parquet(path: Path) -> bool:
+    try:
+        pq.read_metadata(path)
+        return True
+    except (OSError, pa.ArrowInvalid):
+        return False
