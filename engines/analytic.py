@@ -365,4 +365,5 @@ class AnalyticEngine:
         byte_s = {name: sum(held[t] for held in self._block_s) * block_bytes
                   for t, name in enumerate(self.tier_names)}
         return {"block_size": self.block_size, "tiers": tier_report(self.caches, self.block_size),
-                "byte_seconds_by_tier": byte_s}
+                "byte_seconds_by_tier": byte_s,
+                "capacity_bytes_by_tier": self.deployment.capacity_bytes_by_tier()}

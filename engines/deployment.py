@@ -3,6 +3,7 @@ parallelism, the KV tiers and the block geometry."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,13 @@ class Deployment:
     def block_bytes(self) -> float:
         """KV bytes of one block across the instance's GPUs."""
         return self.kv_bytes_per_gpu_token * self.tp * self.block_size
+
+    def capacity_bytes_by_tier(self) -> dict[str, float | None]:
+        """Each tier's KV capacity over the whole deployment (a shared tier counted once; None:
+        unbounded): what a tier bought with the deployment costs, full or not
+        (``SelfHostedPricing``)."""
+        return {t.name: t.capacity_bytes * (1 if t.shared else self.instances)
+                if math.isfinite(t.capacity_bytes) else None for t in self.tiers}
 
     def blocks(self, hashes: np.ndarray) -> np.ndarray:
         """A block list at the trace's block size, at the engine's."""

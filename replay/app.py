@@ -248,6 +248,7 @@ def _run(cfg: DictConfig, run_dir: Path, finishing: CtrlC) -> dict[str, Any]:
         tp=int(cfg.parallel.tp), instances=int(cfg.instances), mode=opts.mode,
         interrupted=interrupted, calls_sent=result.sent, engine_stats=result.engine_stats,
         slo=Slo.from_cfg(cfg.get("slo")),
+        capacity_bytes_by_tier=result.engine_stats.get("capacity_bytes_by_tier"),
     )
     if pools_ is not None:
         summary["deployment"] = "pd"

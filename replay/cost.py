@@ -1,16 +1,20 @@
 """Self-hosted cost: of the GPU-seconds the calls kept busy, of every GPU provisioned for the
-run's span, and of KV held in tiers.
+run's span, and of the KV tiers.
 
 The span of a run is the time from its first call's send (``arrival_s``) to its last call's
 finish (``finish_s``), on the replay clock: the GPUs must be there all that time, busy or not.
 Busy cost counts only the GPU-seconds the engine booked to calls; it is what the run would cost
-if idle GPU time were free (a perfectly packed, elastic fleet), so it is a lower bound.
+if idle GPU time were free (a perfectly packed, elastic fleet), so it is a lower bound. KV
+storage likewise: the busy figure pays for the KV each tier held over time; the provisioned
+figure pays for each tier bought with the deployment (host DRAM, local NVMe) whole, every
+instance's, for the span, and for a tier billed on use (``storage_billing: held``: a shared,
+managed store) what it held.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import polars as pl
@@ -18,6 +22,7 @@ import polars as pl
 from engines.specs import ConfigError
 
 SECONDS_PER_MONTH = 30.44 * 86_400
+STORAGE_BILLING = ("capacity", "held")  # what a tier's $/TB-month is paid on, in the provisioned cost
 Seconds = TypeVar("Seconds", float, pl.Expr)  # one call's figure, or a column of them
 
 
@@ -34,12 +39,22 @@ class SelfHostedPricing:
     usd_per_kwh: float
     pue: float
     storage_usd_per_tb_month: dict[str, float]
+    storage_billing: dict[str, str] = field(default_factory=dict)  # per tier; "capacity" if not named
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> SelfHostedPricing:
         try:
+            raw = cfg.get("storage_billing") or {}
+            if not isinstance(raw, Mapping):
+                raise ConfigError("pricing.self_hosted.storage_billing must map tier names to "
+                                  f"{' or '.join(STORAGE_BILLING)}, got {raw!r}")
+            billing = {str(k): str(v) for k, v in raw.items()}
+            for tier, basis in billing.items():
+                if basis not in STORAGE_BILLING:
+                    raise ConfigError(f"pricing.self_hosted.storage_billing.{tier} must be one of "
+                                      f"{', '.join(STORAGE_BILLING)}, got {basis!r}")
             return cls(float(cfg["gpu_hour_usd"]), float(cfg["usd_per_kwh"]), float(cfg["pue"]),
-                       {k: float(v) for k, v in cfg["storage_usd_per_tb_month"].items()})
+                       {k: float(v) for k, v in cfg["storage_usd_per_tb_month"].items()}, billing)
         except KeyError as exc:
             raise ConfigError(f"pricing.self_hosted: '{exc.args[0]}' is missing") from None
 
@@ -55,5 +70,17 @@ class SelfHostedPricing:
                 + busy_gpu_s / 3600.0 * power_w / 1000.0 * self.pue * self.usd_per_kwh)
 
     def storage_cost(self, tier: str, byte_seconds: float) -> float:
-        """Capacity cost of holding KV: bytes x time x $/TB-month."""
+        """Cost of storage: bytes x time x $/TB-month."""
         return byte_seconds / 1e12 / SECONDS_PER_MONTH * self.storage_usd_per_tb_month.get(tier, 0.0)
+
+    def provisioned_storage_cost(self, capacity_bytes: Mapping[str, float | None], span_s: float,
+                                 held_usd: Mapping[str, float]) -> dict[str, float]:
+        """Per tier, the KV storage a deployment pays for over ``span_s``: a tier billed on
+        capacity (the default) costs its whole capacity (``capacity_bytes``: all instances', a
+        shared tier once) for the span, full or not; a tier billed on what it holds, or one with
+        no capacity to buy (unbounded: None, or not reported), costs ``held_usd``."""
+        out = dict(held_usd)
+        for tier, capacity in capacity_bytes.items():
+            if capacity is not None and self.storage_billing.get(tier, "capacity") == "capacity":
+                out[tier] = self.storage_cost(tier, capacity * span_s)
+        return out

@@ -355,10 +355,14 @@ def search_candidate(name: str, overrides: list[str], plan_base: list[str], pool
     pricing, power_w, gpus = size["pricing"], size["power_w"], size["gpus"]
     sessions = s["sessions"]
     tokens = (s["input_tokens"] + s["output_tokens"]) / sessions
-    # provisioned cost at the rate: every GPU for 1/rate seconds per session, energy of the
-    # busy GPU-seconds a session took, KV storage it held (all measured in the probe at ``lo``)
-    usd = (pricing.provisioned_cost(gpus, 1.0 / (lo * instances), s["gpu_s"] / sessions, power_w)
-           + sum(s["storage_usd_by_tier"].values()) / sessions)
+    # provisioned cost at the rate: every GPU and every KV tier bought for 1/rate seconds per
+    # session, energy of the busy GPU-seconds a session took, KV it held in tiers billed on use
+    # (all measured in the probe at ``lo``)
+    per_session_s = 1.0 / (lo * instances)
+    held = {tier: usd / sessions for tier, usd in s["storage_usd_by_tier"].items()}
+    usd = (pricing.provisioned_cost(gpus, per_session_s, s["gpu_s"] / sessions, power_w)
+           + sum(pricing.provisioned_storage_cost(s.get("capacity_bytes_by_tier") or {}, per_session_s,
+                                                  held).values()))
     row.update(
         status="ok" if hi is not None else (f"still meets the SLO at {search.max_rate_per_s:.4g} sessions/s "
                                             "per instance (max_rate_per_s, or the whole pool)"),

@@ -38,19 +38,24 @@ def _per(value: float | None, n: float) -> float | None:
     return None if value is None or not n else value / n
 
 
-def _self_hosted(df: pl.DataFrame, prefix: str, storage_usd: float, pricing: SelfHostedPricing,
-                 gpus: int, power_w: float) -> dict[str, float]:
-    """Busy and provisioned cost of one simulation (``prefix``: "" or "no_reuse_")."""
+def _self_hosted(df: pl.DataFrame, prefix: str, held_usd: dict[str, float], capacity_bytes: dict[str, float],
+                 pricing: SelfHostedPricing, gpus: int, power_w: float) -> dict[str, Any]:
+    """Busy and provisioned cost of one simulation (``prefix``: "" or "no_reuse_"): busy pays
+    for the KV the tiers held (``held_usd``), provisioned for the tiers bought (see
+    ``SelfHostedPricing.provisioned_storage_cost``)."""
     span = span_s(df[f"{prefix}arrival_s"], df[f"{prefix}finish_s"])
     busy_gpu_s = float(df[f"{prefix}gpu_s"].sum())
     provisioned_gpu_s = gpus * span
+    storage = pricing.provisioned_storage_cost(capacity_bytes, span, held_usd)
     return {
         "span_s": span,
         "gpu_s": busy_gpu_s,
         "provisioned_gpu_s": provisioned_gpu_s,
         "gpu_utilisation": busy_gpu_s / provisioned_gpu_s if provisioned_gpu_s else None,
-        "busy_usd": float(df[f"{prefix}cost_usd"].sum()) + storage_usd,
-        "provisioned_usd": pricing.provisioned_cost(gpus, span, busy_gpu_s, power_w) + storage_usd,
+        "busy_usd": float(df[f"{prefix}cost_usd"].sum()) + float(sum(held_usd.values())),
+        "provisioned_usd": (pricing.provisioned_cost(gpus, span, busy_gpu_s, power_w)
+                            + float(sum(storage.values()))),
+        "provisioned_storage_usd_by_tier": storage,
     }
 
 
@@ -70,11 +75,14 @@ def _cost_figures(kind: str, me: dict[str, Any], base: dict[str, Any], sessions:
 def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHostedPricing, gpus: int,
               power_w: float, storage_usd: dict[str, float] | None = None,
               no_reuse_storage_usd: dict[str, float] | None = None, slo: Slo | None = None,
-              **context: Any) -> dict[str, Any]:
+              capacity_bytes_by_tier: dict[str, float] | None = None, **context: Any) -> dict[str, Any]:
     """Figures of a run from its requests table (one row per finished call); ``gpus``: the
-    deployment's instances x tp; the baseline's figures where its columns are filled; goodput
-    against ``slo`` (replay/goodput.py) when one is given."""
+    deployment's instances x tp; ``storage_usd``: the KV held per tier, priced;
+    ``capacity_bytes_by_tier``: the tiers' capacity over the deployment (the baseline runs on
+    the same); the baseline's figures where its columns are filled; goodput against ``slo``
+    (replay/goodput.py) when one is given."""
     storage_usd = storage_usd or {}
+    capacity = capacity_bytes_by_tier or {}
     df = requests
     calls = df.height
     sessions = df["session_id"].n_unique()
@@ -83,11 +91,10 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHo
     mtok = (input_tokens + output_tokens) / 1e6
     reused = int(df["reused_tokens"].sum())
     has_baseline = calls > 0 and df["no_reuse_gpu_s"].null_count() == 0
-    me = _self_hosted(df, "", float(sum(storage_usd.values())), self_hosted, gpus, power_w)
+    me = _self_hosted(df, "", storage_usd, capacity, self_hosted, gpus, power_w)
     base: dict[str, Any] = dict.fromkeys(me)
     if has_baseline:
-        base = _self_hosted(df, "no_reuse_", float(sum((no_reuse_storage_usd or {}).values())),
-                            self_hosted, gpus, power_w)
+        base = _self_hosted(df, "no_reuse_", no_reuse_storage_usd or {}, capacity, self_hosted, gpus, power_w)
     api_usd, base_api_usd = float(df["api_cost_usd"].sum()), float(df["api_no_reuse_cost_usd"].sum())
     decoding = df.filter(pl.col("output_tokens") > 1)
     reported = df["reported_cached_tokens"].drop_nulls()
@@ -122,6 +129,8 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHo
         "gpu_utilisation": me["gpu_utilisation"],
         "no_reuse_gpu_utilisation": base["gpu_utilisation"],
         "storage_usd_by_tier": storage_usd,
+        "provisioned_storage_usd_by_tier": me["provisioned_storage_usd_by_tier"],
+        "capacity_bytes_by_tier": capacity,
         **_cost_figures("busy", me, base, sessions, mtok),
         **_cost_figures("provisioned", me, base, sessions, mtok),
         "api_cached_tokens": int(df["api_cached_tokens"].sum()),

@@ -49,21 +49,45 @@ def test_provisioned_cost_of_two_calls_by_hand(tmp_path):
     assert "self-hosted $ / session (provisioned)" in text and "(busy GPU-s only)" in text
 
 
-@pytest.mark.parametrize("engine", ["analytic", "offload"])
-def test_provisioned_cost_adds_the_kv_held_by_hand(tmp_path, engine):
-    # Each call's 3 prompt blocks (4 tokens x 4 bytes each: 16 bytes) enter HBM when its prefill
-    # ends and stay to the run's end (its 2 output tokens complete no block). HBM priced so that
-    # a byte held one second costs $0.001.
+def run_with_priced_hbm(tmp_path, engine, billed_on):
+    """The two lone calls with HBM priced so that a byte for one second costs $0.001, billed on
+    ``billed_on``; returns the summary, the span, and the byte-seconds the calls' KV was held:
+    each call's 3 prompt blocks (4 tokens x 4 bytes each: 16 bytes) enter HBM when its prefill
+    ends and stay to the run's end (its 2 output tokens complete no block)."""
     price = 1e12 * SECONDS_PER_MONTH * 0.001
     s = run_two_lone_calls(tmp_path, ["pricing.self_hosted.gpu_hour_usd=3.6",
-                                      f"pricing.self_hosted.storage_usd_per_tb_month.hbm={price!r}"], engine)
-    one_call = prefill(12) + decode_step(12 + 1)
-    span = 2.0 + one_call
+                                      f"pricing.self_hosted.storage_usd_per_tb_month.hbm={price!r}",
+                                      f"+pricing.self_hosted.storage_billing.hbm={billed_on}"], engine)
+    span = 2.0 + prefill(12) + decode_step(12 + 1)
     held_byte_s = 16 * 3 * (span - prefill(12)) + 16 * 3 * (span - 2.0 - prefill(12))  # x's, y's
     assert s["span_s"] == pytest.approx(span, rel=1e-9)
     assert s["storage_usd_by_tier"]["hbm"] == pytest.approx(held_byte_s * 0.001, rel=1e-9)
+    return s, span, held_byte_s
+
+
+@pytest.mark.parametrize("engine", ["analytic", "offload"])
+def test_provisioned_cost_adds_the_kv_held_by_hand(tmp_path, engine):
+    s, span, held_byte_s = run_with_priced_hbm(tmp_path, engine, "held")  # a store billed on use
     gpus = 2 * span * 0.001  # 2 instances x 1 GPU at $0.001/GPU-s (no power: SIMPLE's is 0 W)
     assert s["self_hosted_provisioned_usd"] == pytest.approx(gpus + held_byte_s * 0.001, rel=1e-9)
+
+
+@pytest.mark.parametrize("engine", ["analytic", "offload"])
+def test_provisioned_cost_pays_for_a_tier_bought_whole_by_hand(tmp_path, engine):
+    # Billed on capacity, the provisioned cost pays for both instances' whole KV room for the
+    # span, however little the calls held: SIMPLE's HBM less its 10% reserve and the 5e8 bytes
+    # of weights, 8.995e11 bytes each. The busy cost still pays only for what they held; the
+    # baseline, on the same deployment, pays for the same room over its own (here equal) span.
+    s, span, held_byte_s = run_with_priced_hbm(tmp_path, engine, "capacity")
+    capacity = 2 * (1e12 * 0.9 - 5e8)
+    assert s["capacity_bytes_by_tier"]["hbm"] == pytest.approx(capacity, rel=1e-12)
+    assert s["provisioned_storage_usd_by_tier"]["hbm"] == pytest.approx(capacity * span * 0.001, rel=1e-9)
+    gpus = 2 * span * 0.001
+    assert s["self_hosted_provisioned_usd"] == pytest.approx(gpus + capacity * span * 0.001, rel=1e-9)
+    busy = 2 * (prefill(12) + decode_step(12 + 1)) * 0.001
+    assert s["self_hosted_busy_usd"] == pytest.approx(busy + held_byte_s * 0.001, rel=1e-9)
+    assert s["no_reuse_self_hosted_provisioned_usd"] == pytest.approx(s["self_hosted_provisioned_usd"],
+                                                                       rel=1e-9)
 
 
 def test_provisioned_gpus_are_instances_times_tp(tmp_path):

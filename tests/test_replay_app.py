@@ -194,6 +194,10 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
      "cache.eviction_headroom must be in [0, 1), got 1.5"),
     (["trace.sessions=2", "engine=offload", "cache.eviction_headroom=-0.1"],
      "cache.eviction_headroom must be in [0, 1), got -0.1"),
+    (["trace.sessions=2", "pricing.self_hosted.storage_billing.dram=sometimes"],
+     "pricing.self_hosted.storage_billing.dram must be one of capacity, held, got 'sometimes'"),
+    (["trace.sessions=2", "pricing.self_hosted.storage_billing=capacity"],
+     "pricing.self_hosted.storage_billing must map tier names to capacity or held, got 'capacity'"),
 ])
 def test_bad_input_gets_a_clear_line_not_a_traceback(tmp_path, args, message):
     result = replay_cli(*args, cwd=tmp_path)

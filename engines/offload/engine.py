@@ -221,7 +221,8 @@ class OffloadEngine:
         links = {res.name: res.bytes_moved * self.tp for res in self.fabric.resources.values()}
         return {"block_size": bs, "tiers": tiers, "link_bytes": links,
                 "preemptions": self.preemptions, "prefetched_tokens": self.prefetched_blocks * bs,
-                "byte_seconds_by_tier": dict(self.byte_seconds), "timeline": self.timeline}
+                "byte_seconds_by_tier": dict(self.byte_seconds), "timeline": self.timeline,
+                "capacity_bytes_by_tier": self.deployment.capacity_bytes_by_tier()}
 
     def _valid(self, t: float, kind: int, payload: Any) -> bool:
         """Is a queued event still due when it was queued for (not superseded)?"""

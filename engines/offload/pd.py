@@ -165,10 +165,13 @@ class DisaggregatedEngine:
         p, d = self.prefill.stats(), self.decode.stats()
         timeline = p.pop("timeline")
         d.pop("timeline")
-        byte_s = dict(p["byte_seconds_by_tier"])
+        byte_s, capacity = dict(p["byte_seconds_by_tier"]), dict(p["capacity_bytes_by_tier"])
         for tier, v in d["byte_seconds_by_tier"].items():  # KV held on either pool is paid for
             byte_s[tier] = byte_s.get(tier, 0.0) + v
-        return {**p, "byte_seconds_by_tier": byte_s, "timeline": timeline,
+        for tier, v in d["capacity_bytes_by_tier"].items():  # and each pool's tiers (its own warehouse too)
+            mine = capacity.get(tier, 0.0)
+            capacity[tier] = None if v is None or mine is None else mine + v  # (None: unbounded)
+        return {**p, "byte_seconds_by_tier": byte_s, "capacity_bytes_by_tier": capacity, "timeline": timeline,
                 "kv_transfer_bytes": self.transfer_bytes, "decode_pool": d}
 
     def check(self, final: bool = False) -> None:
