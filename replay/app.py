@@ -100,9 +100,10 @@ def check_prefix_reuse(cfg: DictConfig) -> None:
 
 
 def simulate(path: str, engine, opts: ReplayOptions, out: Path,
-             bill: BillStream | None = None) -> ReplayResult:
+             bill: BillStream | None = None, ctrl_c: CtrlC | None = None) -> ReplayResult:
     """Replay ``path`` through ``engine``, streaming the engine's rows to ``out`` as calls finish
-    (and, with ``bill``, the calls as sent and finished to the API bill)."""
+    (and, with ``bill``, the calls as sent and finished to the API bill); ``ctrl_c``: the run's
+    Ctrl-C handler (``replay.runner.replay``)."""
     from replay.metrics import RequestsWriter
     from replay.runner import replay
 
@@ -114,7 +115,7 @@ def simulate(path: str, engine, opts: ReplayOptions, out: Path,
             bill.on_finish(call, request, done)
 
     try:
-        return replay(path, engine, opts, bill.on_send if bill is not None else None, finished)
+        return replay(path, engine, opts, bill.on_send if bill is not None else None, finished, ctrl_c)
     finally:
         writer.close()
         if hasattr(engine, "close"):  # an engine holding connections and a thread (engine=http)
@@ -145,19 +146,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One replay: trace -> runner -> engine -> metrics and the API bill (fed the runner's calls
     as sent and finished), then the no-reuse baseline (a second simulation), cost, summary.
 
-    Ctrl-C keeps what ran: in the replay, the finished calls; once it is over (the bill's
-    last events, the baseline, the tables), a first press skips the baseline and the plots and
-    the run is written, marked interrupted; a second press stops at once."""
+    Ctrl-C keeps what ran. One handler covers the replay and everything up to the summary
+    being written: a first press stops the replay at its next turn (the finished calls are
+    kept), skips or stops the baseline, skips the plots, and the run is written, marked
+    interrupted; a second press stops at once. Once the summary is written a press stops the
+    plots (the files are complete)."""
     from replay.interrupt import CtrlC
 
-    finishing = CtrlC()  # started by _run once the replay is over
+    ctrl_c = CtrlC()  # started by _run when the replay is set up
     try:
-        return _run(cfg, run_dir, finishing)
+        return _run(cfg, run_dir, ctrl_c)
     finally:
-        finishing.stop()
+        ctrl_c.stop()
 
 
-def _run(cfg: DictConfig, run_dir: Path, finishing: CtrlC) -> dict[str, Any]:
+def _run(cfg: DictConfig, run_dir: Path, ctrl_c: CtrlC) -> dict[str, Any]:
     import dataclasses
 
     import numpy as np
@@ -208,8 +211,8 @@ def _run(cfg: DictConfig, run_dir: Path, finishing: CtrlC) -> dict[str, Any]:
                     warm_start=bool(cfg.replay.get("api_warm_start", True)))
     bill_stream = open_bill(cfg, biller, path, opts)
     try:
-        result = simulate(path, engine, opts, engine_rows, bill_stream)
-        finishing.start()
+        ctrl_c.start()
+        result = simulate(path, engine, opts, engine_rows, bill_stream, ctrl_c)
         bill = bill_stream.close()
     finally:
         bill_stream.abort()
@@ -220,18 +223,16 @@ def _run(cfg: DictConfig, run_dir: Path, finishing: CtrlC) -> dict[str, Any]:
     extra = tuple(getattr(engine, "extra_columns", ()))
     del engine  # the baseline's engine is built next: never two in memory
     base_frame, base_storage = None, None
-    # Ctrl-C (in the replay, or since): the user wants out, not a second run
-    if baseline == "simulate" and not (result.interrupted or finishing.pressed):
+    interrupted = result.interrupted
+    if baseline == "simulate" and not (interrupted or ctrl_c.pressed):  # Ctrl-C: no second run
         base_rows = run_dir / ".requests.no_reuse.parquet"
         no_reuse = build_engine(cfg, meta.block_size, prefix_reuse=False)
         base_result = simulate(path, no_reuse, dataclasses.replace(opts, progress_label="no-reuse baseline"),
-                               base_rows)
-        if base_result.interrupted:
-            finishing.pressed = True  # pressed in the baseline's own loop: after the replay all the same
-        else:
+                               base_rows, ctrl_c=ctrl_c)  # (a press since stops it at its first turn)
+        interrupted = base_result.interrupted
+        if not interrupted:
             base_frame, base_storage = baseline_frame(base_rows, tiers), storage_usd(self_hosted, base_result)
         base_rows.unlink()
-    interrupted = result.interrupted or finishing.pressed
     gpu_cost = self_hosted.gpu_cost
     requests = assemble(engine_rows, run_dir / "requests.parquet", tiers, base_frame, bill, {
         "cost_usd": gpu_cost(pl.col("gpu_s"), power_w),
@@ -246,7 +247,7 @@ def _run(cfg: DictConfig, run_dir: Path, finishing: CtrlC) -> dict[str, Any]:
         engine=str(cfg.engine._target_).rsplit(".", 1)[-1], model=cfg.model.name,
         hardware=hardware_name, cache=cfg.cache.name, pricing=cfg.pricing.api.model,
         tp=int(cfg.parallel.tp), instances=int(cfg.instances), mode=opts.mode,
-        interrupted=interrupted, calls_sent=result.sent, engine_stats=result.engine_stats,
+        interrupted=interrupted or ctrl_c.pressed, calls_sent=result.sent, engine_stats=result.engine_stats,
         slo=Slo.from_cfg(cfg.get("slo")),
         capacity_bytes_by_tier=result.engine_stats.get("capacity_bytes_by_tier"),
     )
@@ -254,8 +255,10 @@ def _run(cfg: DictConfig, run_dir: Path, finishing: CtrlC) -> dict[str, Any]:
         summary["deployment"] = "pd"
         summary["pools"] = pool_figures(requests, pools_, summary["span_s"], self_hosted)
     summary.update(load_figures(requests, load, np.random.default_rng(int(cfg.seed))))
+    summary["interrupted"] = interrupted or ctrl_c.pressed  # (pressed in the summary's own work too)
     write_summary(summary, run_dir / "summary.json")
-    if cfg.get("plots", True) and not finishing.pressed:
+    ctrl_c.stop()  # the run's files are complete: a press now just stops the plots
+    if cfg.get("plots", True) and not summary["interrupted"]:
         from replay.plots import run_plots
 
         run_plots(run_dir, summary, tiers, self_hosted.gpu_hour_usd)

@@ -51,8 +51,10 @@ class CtrlC:
             yield
         finally:
             cls._whole_depth -= 1
-        if cls._deferred and not cls._whole_depth:
-            cls._deferred = False
+            due = cls._deferred and not cls._whole_depth
+            if due:  # (on an exception the press goes with it: it is not kept for a later block)
+                cls._deferred = False
+        if due:
             raise KeyboardInterrupt
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

@@ -49,9 +49,14 @@ def merge(dirs: list[Path], out: Path) -> dict[str, Any]:
     cfg = OmegaConf.load(dirs[0] / ".hydra" / "config.yaml")
     tiers = [c.removeprefix("reused_tokens_") for c in requests.columns if c.startswith("reused_tokens_")]
     first = summaries[0]
+    held: dict[str, float] = {}  # the KV each shard's tiers held, priced; the tiers are the deployment's
+    for s in summaries:
+        for tier, usd in (s.get("storage_usd_by_tier") or {}).items():
+            held[tier] = held.get(tier, 0.0) + usd
     summary = summarize(
         requests, tiers, SelfHostedPricing.from_cfg(cfg.pricing.self_hosted),
         int(cfg.parallel.tp) * int(cfg.instances), float(cfg.hardware.get("power_w") or 0.0),
+        held, capacity_bytes_by_tier=first.get("capacity_bytes_by_tier"),
         **{k: first.get(k) for k in CONTEXT},
         interrupted=any(s.get("interrupted") for s in summaries),
         calls_sent=sum(s.get("calls_sent") or 0 for s in summaries),

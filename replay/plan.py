@@ -221,6 +221,8 @@ def probe(cfg: DictConfig, pool: Pool, search: Search, rate: float, run_dir: Pat
     cfg.replay.session_rate_per_s = rate * instances
     OmegaConf.save(cfg, run_dir / "config.yaml")
     summary = run(cfg, run_dir)
+    if summary["interrupted"]:  # Ctrl-C: a partial probe must not judge the rate
+        raise KeyboardInterrupt
     return Probe(rate, bool(summary["goodput"]["met"]), run_dir, summary)
 
 
@@ -536,6 +538,9 @@ def main(plan_name: str, out: Path | None, jobs: int, overrides: tuple[str, ...]
     except (ConfigError, TraceError, OmegaConfBaseException) as exc:
         click.echo(f"error: {exc}".splitlines()[0], err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: no plan written (the probes that ran are under {out}/c*/)", err=True)
+        sys.exit(130)
     click.echo(markdown(shown(frame)))
     click.echo(f"\nwrote {out}/plan.md, plan.csv, plan.parquet, pareto.png (runs under {out}/c*/)")
 

@@ -102,9 +102,10 @@ SPLIT = (("queue", "queue_s"), ("prefill", "prefill_s"), ("decode_queue", "decod
 
 
 def pool_figures(requests: Any, pools_: list[Pool], span_s: float, pricing: Any) -> dict[str, Any]:
-    """Per pool: GPUs, busy GPU-seconds, utilisation over the run's span, provisioned $ at its
-    own price (plus the energy of its busy GPU-seconds); and the calls' TTFT split (sums to the
-    TTFT) and the KV moved between the pools."""
+    """Per pool: GPUs, busy GPU-seconds, utilisation over the run's span, provisioned $ of its
+    GPUs at its own price (plus the energy of its busy GPU-seconds; the KV tiers bought are in
+    the run's total only); and the calls' TTFT split (sums to the TTFT) and the KV moved between
+    the pools."""
     from replay.summary import _pct
 
     out: dict[str, Any] = {}

@@ -147,11 +147,13 @@ Sender = Callable[[dict[str, Any], Request, float], Any]
 
 
 def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | None,
-           on_finish: Recorder) -> ReplayResult:
+           on_finish: Recorder, ctrl_c: CtrlC | None = None) -> ReplayResult:
     """Replay the trace at ``path`` through ``engine``.
 
     ``on_send(call, request, t)`` (if given) runs when a call is sent, in send order;
-    ``on_finish(call, request, completion)`` runs when it finishes.
+    ``on_finish(call, request, completion)`` runs when it finishes. ``ctrl_c``: the caller's
+    started Ctrl-C handler, when its press should also stop what the caller does after the
+    replay (a press before the loop's first turn stops it there); else the loop has its own.
     """
     opts.check()
     meta = read_meta(path)
@@ -179,7 +181,8 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     bar = tqdm(total=min(n, limit), unit="call", desc=opts.progress_label, disable=not opts.progress,
                mininterval=0.1 if interactive else 10.0, ncols=None if interactive else 80)
     gc.freeze()  # the calls table lives through the loop: keep the collector from rescanning it
-    ctrl_c = CtrlC().start()
+    own_ctrl_c = ctrl_c is None
+    ctrl_c = ctrl_c or CtrlC().start()
     try:
         while True:
             if ctrl_c.pressed:  # between two turns: every finished call's hooks ran whole
@@ -220,7 +223,8 @@ def replay(path: str, engine: Engine, opts: ReplayOptions, on_send: Sender | Non
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
-        ctrl_c.stop()
+        if own_ctrl_c:
+            ctrl_c.stop()
         gc.unfreeze()
         bar.close()
     result.engine_stats = engine.stats()

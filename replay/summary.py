@@ -235,7 +235,8 @@ def _pool_rows(s: dict[str, Any], rows: list[tuple[str, str, str, str]]) -> None
     for name in ("prefill", "decode"):
         p = pools[name]
         rows.append((f"  {name} pool: {p['count']} x {p['tp']} {p['hardware']}",
-                     f"{_f(p['gpu_utilisation'], '%')} busy, {_f(p['provisioned_usd'], '$')}", "", ""))
+                     f"{_f(p['gpu_utilisation'], '%')} busy, {_f(p['provisioned_usd'], '$')} for its GPUs",
+                     "", ""))
     mean = pools["ttft_split_mean_s"]
     rows.append(("TTFT mean: queue / prefill / decode queue", " / ".join(
         _f(mean[k], "s") for k in ("queue", "prefill", "decode_queue")), "", ""))

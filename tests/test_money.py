@@ -12,9 +12,9 @@ from replaykit import SIMPLE, compose_cfg, run_two_lone_calls, simple_decode_ste
 from tracekit import row, write
 
 from replay.api_cache import ApiPricing, ModelPrices, ProviderPromptCache
-from replay.app import run
+from replay.app import build_engine, run
 from replay.billing import Biller
-from replay.cost import SECONDS_PER_MONTH
+from replay.cost import SECONDS_PER_MONTH, SelfHostedPricing
 from replay.runner import ReplayOptions, prepare_calls
 from replay.summary import table
 
@@ -90,6 +90,23 @@ def test_provisioned_cost_pays_for_a_tier_bought_whole_by_hand(tmp_path, engine)
                                                                        rel=1e-9)
 
 
+def test_each_tier_is_paid_on_its_billing_basis_by_hand():
+    pricing = SelfHostedPricing(2.0, 0.1, 1.0, {"hbm": 0.0, "dram": 60.0, "nvme": 2.5, "warehouse": 20.0},
+                                {"nvme": "capacity", "warehouse": "held"})
+    capacity = {"hbm": 7e11, "dram": 4e12, "nvme": None, "warehouse": 1e15}
+    held = {"dram": 0.5, "nvme": 0.25, "warehouse": 3.0}
+    got = pricing.provisioned_storage_cost(capacity, SECONDS_PER_MONTH / 2, held)
+    # dram, not named: bought, 4 TB for half a month at $60/TB-month = $120 whatever it held;
+    # nvme: unbounded, nothing to buy: what it held; warehouse, billed on use: what it held
+    assert got == {"hbm": 0.0, "dram": pytest.approx(120.0, rel=1e-12), "nvme": 0.25, "warehouse": 3.0}
+
+
+def test_a_shared_tier_is_bought_once_and_each_instance_its_own():
+    eng = build_engine(compose_cfg(["engine=offload", "cache=warehouse", "instances=3"]), 16)
+    capacity = eng.stats()["capacity_bytes_by_tier"]
+    assert capacity["dram"] == 3 * 1e12 and capacity["warehouse"] == 1e15
+
+
 def test_provisioned_gpus_are_instances_times_tp(tmp_path):
     s = run_two_lone_calls(tmp_path, ["pricing.self_hosted.gpu_hour_usd=3.6", "parallel.tp=2",
                                       "hardware.links.nvlink=1e12"], "offload")
@@ -128,7 +145,9 @@ def test_baseline_ttft_is_a_full_prefill_and_off_leaves_it_out(tmp_path):
     ])
     out = tmp_path / "sim"
     out.mkdir()
-    s = run(compose_cfg([*SIMPLE, "trace=file", f"trace.path={path}"]), out)
+    price = 1e12 * SECONDS_PER_MONTH * 1e-15  # HBM bought at $1e-15 a byte-second
+    s = run(compose_cfg([*SIMPLE, "trace=file", f"trace.path={path}", "pricing.self_hosted.gpu_hour_usd=3.6",
+                         f"pricing.self_hosted.storage_usd_per_tb_month.hbm={price!r}"]), out)
     by = by_id(out)
     assert by["a-1"]["ttft_s"] == pytest.approx(prefill(4, 12), rel=1e-9)  # with reuse: the tail
     for rid, n in (("a-0", 10), ("a-1", 16), ("b-0", 13)):
@@ -137,6 +156,12 @@ def test_baseline_ttft_is_a_full_prefill_and_off_leaves_it_out(tmp_path):
     # closed mode: the baseline's a-1 is sent 100 s after the baseline's own a-0 finished
     assert by["a-1"]["no_reuse_arrival_s"] == pytest.approx(prefill(10) + decode_step(11) + 100.0)
     assert s["no_reuse_prefilled_tokens"] == 39 and s["baseline"] == "simulate"
+    # both pay for 1 GPU ($0.001/s) and SIMPLE's 8.995e11 bytes of HBM, each over its own span
+    # (the baseline's a-1 prefills 16 tokens, not 4: its span is longer)
+    per_s = 0.001 + (1e12 * 0.9 - 5e8) * 1e-15
+    assert s["no_reuse_span_s"] > s["span_s"]
+    assert s["self_hosted_provisioned_usd"] == pytest.approx(per_s * s["span_s"], rel=1e-9)
+    assert s["no_reuse_self_hosted_provisioned_usd"] == pytest.approx(per_s * s["no_reuse_span_s"], rel=1e-9)
 
     off = tmp_path / "off"
     off.mkdir()

@@ -52,6 +52,7 @@ def test_a_single_calls_ttft_is_prefill_plus_transfer_plus_the_first_decode_step
     assert r["ttft_s"] == pytest.approx(prefill + transfer + first_step, rel=1e-6)
     assert r["queue_s"] == 0 and r["decode_queue_s"] == 0
     assert s["gpus"] == 2 and s["pools"]["prefill"]["gpus"] == 1 and s["pools"]["decode"]["gpus"] == 1
+    assert s["capacity_bytes_by_tier"] == {"hbm": pytest.approx(2 * (1e12 * 0.9 - 5e8))}  # both pools' HBM
 
 
 def test_layerwise_overlap_leaves_only_what_the_link_could_not_carry_during_the_prefill(tmp_path):

@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -23,6 +28,7 @@ from replaykit import SIMPLE, simple_prefill_s
 from tracekit import row, write
 
 from engines.specs import ConfigError
+from replay.cost import SECONDS_PER_MONTH
 from replay.goodput import Slo, goodput
 from replay.plan import Search, bracket, candidate_cfg, prepare, probe, run_plan
 from replay.report import build
@@ -54,16 +60,21 @@ def hand_plan(path, ttft_s=40.0, duration_s=2000.0, precision=0.05, start=0.3, p
 def test_found_rate_is_the_roofline_capacity(single_calls, tmp_path):
     mu = 1.0 / simple_prefill_s(N_TOKENS)
     assert mu == pytest.approx(1 / 1.000000976512, rel=1e-12)
-    frame = run_plan(hand_plan(single_calls), tmp_path / "plan", progress=False)
+    plan = hand_plan(single_calls)
+    per_byte_s = 1e-15  # HBM priced, bought with the instance: its 8.995e11 bytes paid as its GPU is
+    price = 1e12 * SECONDS_PER_MONTH * per_byte_s
+    plan.base = [*plan.base, f"pricing.self_hosted.storage_usd_per_tb_month.hbm={price!r}"]
+    frame = run_plan(plan, tmp_path / "plan", progress=False)
     r = frame.row(0, named=True)
     assert r["status"] == "ok"
     assert r["max_sessions_per_s_per_instance"] == pytest.approx(mu, rel=0.05)
     assert r["max_sessions_per_s_per_gpu"] == r["max_sessions_per_s_per_instance"]  # tp = 1
     assert r["limited_by"] == "queueing"  # TTFT past the limit is time waiting for the one slot
     assert r["reuse"] == 0.0
-    # provisioned cost at the rate: one GPU for 1/rate seconds per session (power_w=0, no storage)
+    # provisioned cost at the rate: one GPU and its HBM for 1/rate seconds per session (power_w=0)
     gpu_hour = OmegaConf.load("conf/pricing/self_hosted.yaml").self_hosted.gpu_hour_usd
-    assert r["usd_per_session"] == pytest.approx(gpu_hour / 3600 / r["max_sessions_per_s_per_instance"])
+    per_s = gpu_hour / 3600 + (1e12 * 0.9 - 5e8) * per_byte_s
+    assert r["usd_per_session"] == pytest.approx(per_s / r["max_sessions_per_s_per_instance"], rel=1e-9)
     assert r["usd_per_mtok"] == pytest.approx(r["usd_per_session"] / ((N_TOKENS + 1) / 1e6))
     for f in ("plan.parquet", "plan.csv", "plan.md", "pareto.png"):
         assert (tmp_path / "plan" / f).exists()
@@ -91,6 +102,26 @@ def test_search_matches_a_sweep_of_rates(single_calls, tmp_path):
     assert all(not x for x in passed[first_fail:])  # monotone
     g_pass, g_fail = grid[first_fail - 1], grid[first_fail]
     assert lo < g_fail and hi > g_pass
+
+
+def test_a_ctrl_c_in_a_probe_stops_the_plan_not_judges_the_rate(single_calls, tmp_path):
+    # One press once the first probe has begun. The probe keeps what finished, but a rate
+    # judged on part of a probe would be wrong: the plan stops, says so and exits 130 (before,
+    # it went on with the part, or ended on a bare "Aborted!").
+    plan = tmp_path / "hand.yaml"
+    OmegaConf.save(hand_plan(single_calls), plan)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "replay-plan"), "--plan", str(plan),
+                             "--out", str(tmp_path / "out")], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "out").glob("c*/probe*/trace.parquet")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: no plan written" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "plan.md").exists()
 
 
 def test_looser_slo_never_gives_a_lower_rate(single_calls, tmp_path):

@@ -123,6 +123,21 @@ def test_a_second_ctrl_c_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_press_deferred_in_a_block_that_fails_goes_with_its_exception():
+    ctrl_c = CtrlC().start()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # the first press
+        with pytest.raises(BrokenPipeError):
+            with CtrlC.whole():
+                os.kill(os.getpid(), signal.SIGINT)  # deferred to the block's end
+                time.sleep(0.05)
+                raise BrokenPipeError  # the block fails: its error goes on, not the press
+        with CtrlC.whole():  # a later block is not interrupted by the old press
+            pass
+    finally:
+        ctrl_c.stop()
+
+
 def test_a_second_ctrl_c_inside_a_whole_block_stops_at_its_end():
     ctrl_c = CtrlC().start()
     ran = []
