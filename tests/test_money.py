@@ -4,6 +4,9 @@ cache's rules (a write readable from its response's first token, entries per mod
 minimum on the cached prefix)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -105,6 +108,31 @@ def test_a_shared_tier_is_bought_once_and_each_instance_its_own():
     eng = build_engine(compose_cfg(["engine=offload", "cache=warehouse", "instances=3"]), 16)
     capacity = eng.stats()["capacity_bytes_by_tier"]
     assert capacity["dram"] == 3 * 1e12 and capacity["warehouse"] == 1e15
+
+
+def test_merged_shards_keep_their_kv_storage_and_the_tiers_bought(tmp_path):
+    # two shards of one replay (1 instance, 1 TB of DRAM at $60/TB-month; HBM priced at $1/TB-month
+    # on what it holds), merged: the KV held is the shards' sum, and the DRAM bought is paid once
+    # over the merged span
+    def cli(name, *args):
+        done = subprocess.run([str(Path(sys.executable).parent / name), *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    for k in (0, 1):
+        cli("replay", "trace.sessions=4", "replay.shards=2", f"replay.shard={k}", "plots=false",
+            "replay.baseline=off", "replay.progress=false", f"hydra.run.dir=shard{k}",
+            "pricing.self_hosted.storage_usd_per_tb_month.hbm=1.0",
+            "+pricing.self_hosted.storage_billing.hbm=held")
+    cli("replay-merge", "shard0", "shard1", "--out", "merged")
+    shards = [json.loads((tmp_path / f"shard{k}" / "summary.json").read_text()) for k in (0, 1)]
+    merged = json.loads((tmp_path / "merged" / "summary.json").read_text())
+    held = [s["storage_usd_by_tier"]["hbm"] for s in shards]
+    assert min(held) > 0 and merged["storage_usd_by_tier"]["hbm"] == pytest.approx(sum(held), rel=1e-12)
+    assert merged["provisioned_storage_usd_by_tier"]["hbm"] == pytest.approx(sum(held), rel=1e-12)
+    assert merged["capacity_bytes_by_tier"]["dram"] == 1e12
+    bought = 1e12 * merged["span_s"] / 1e12 / SECONDS_PER_MONTH * 60.0
+    assert merged["provisioned_storage_usd_by_tier"]["dram"] == pytest.approx(bought, rel=1e-12)
 
 
 def test_provisioned_gpus_are_instances_times_tp(tmp_path):
