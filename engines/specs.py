@@ -294,7 +294,7 @@ class TierSpec:
     link, so a tensor-parallel instance moves ``tp`` times as much in the same time."""
 
     name: str
-    capacity_bytes: float  # per instance (all its GPUs); inf for unbounded
+    capacity_bytes: float  # per instance (all its GPUs; from capacity_bytes_per_gpu x tp); inf for unbounded
     read_bw: float  # bytes/s per GPU, tier -> HBM
     write_bw: float  # bytes/s per GPU, HBM -> tier
     latency_s: float
@@ -314,6 +314,21 @@ def hbm_kv_capacity_bytes(model: ModelSpec, hw: HardwareSpec, tp: int, reserve_f
     return per_gpu * tp
 
 
+def _per_gpu_capacity(tier: Mapping[str, Any], tp: int, where: str) -> float:
+    """An instance's share of a tier sized per GPU (``capacity_bytes_per_gpu`` x tp): host DRAM
+    and local drives come with the GPUs of a host, so a tp=4 instance gets half a tp=8 one's.
+    ``capacity_bytes``, when set, overrides it."""
+    per_gpu = tier.get("capacity_bytes_per_gpu")
+    if per_gpu is None:
+        raise ConfigError(f"{where}: 'capacity_bytes' (or 'capacity_bytes_per_gpu') is missing")
+    if tier.get("shared", False):
+        raise ConfigError(f"{where}: a shared tier is sized as a whole: set capacity_bytes")
+    try:
+        return float(per_gpu) * tp
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: capacity_bytes_per_gpu must be a number, got {per_gpu!r}") from None
+
+
 def tiers_from_cfg(cache_cfg: Mapping[str, Any], model: ModelSpec, hw: HardwareSpec,
                    tp: int) -> list[TierSpec]:
     tiers_cfg = _need(cache_cfg, "tiers", f"cache {cache_cfg.get('name', '?')}")
@@ -325,7 +340,7 @@ def tiers_from_cfg(cache_cfg: Mapping[str, Any], model: ModelSpec, hw: HardwareS
             if cap in (None, "auto"):
                 cap = hbm_kv_capacity_bytes(model, hw, tp, float(cache_cfg.get("hbm_reserve_fraction", 0.1)))
         elif cap is None:
-            raise ConfigError(f"{where}: 'capacity_bytes' is missing")
+            cap = _per_gpu_capacity(t, tp, where)
         cap = math.inf if cap in ("inf", math.inf) else float(cap)
         if cap <= 0:
             raise ConfigError(f"{where}: capacity_bytes must be > 0")

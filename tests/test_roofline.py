@@ -1,10 +1,19 @@
 """Sizes and times from the model/hardware configs, checked against formulas worked out here."""
 
+import re
+
 import pytest
 from conftest import conf
 
 from engines.roofline import Roofline, prefill_flops
-from engines.specs import HardwareSpec, ModelSpec, TierSpec, hbm_kv_capacity_bytes
+from engines.specs import (
+    ConfigError,
+    HardwareSpec,
+    ModelSpec,
+    TierSpec,
+    hbm_kv_capacity_bytes,
+    tiers_from_cfg,
+)
 
 GiB = 2**30
 
@@ -94,3 +103,35 @@ def test_hbm_capacity_is_hbm_minus_weights_minus_reserve():
     assert hbm_kv_capacity_bytes(m, hw, 8, 0.1) == pytest.approx(8 * (81_559 * 2**20 * 0.9 - 70.6e9 * 2 / 8))
     with pytest.raises(ValueError, match="does not fit"):
         hbm_kv_capacity_bytes(m, hw, 1, 0.1)
+
+
+def cache(name):
+    """A shipped tier set, its links (interpolated from the hardware in a run) set to PCIe Gen5."""
+    cfg = conf("cache", name)
+    for t in cfg["tiers"][1:]:
+        t.update({k: 64e9 for k in ("read_bw", "write_bw") if isinstance(t[k], str)})
+    return cfg
+
+
+def test_host_tiers_are_sized_per_gpu_and_an_instance_capacity_overrides():
+    m, hw = model("llama3_1_70b"), hardware("h100_sxm")
+    nvme = cache("hbm_dram_nvme")
+    by_tp = {tp: {t.name: t.capacity_bytes for t in tiers_from_cfg(nvme, m, hw, tp)} for tp in (4, 8)}
+    # an 8-GPU host's drives and half of its 2 TB of DRAM, shared by its GPUs: a tp=4 instance
+    # gets half of what a tp=8 one gets
+    assert by_tp[8]["dram"] == 1e12 and by_tp[4]["dram"] == 0.5e12
+    assert by_tp[8]["nvme"] == 8 * 7.68e12 and by_tp[4]["nvme"] == 4 * 7.68e12
+    nvme["tiers"][1]["capacity_bytes"] = 3e11  # set for the instance: it wins
+    assert tiers_from_cfg(nvme, m, hw, 4)[1].capacity_bytes == 3e11
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"capacity_bytes_per_gpu": None}, "'capacity_bytes' (or 'capacity_bytes_per_gpu') is missing"),
+    ({"capacity_bytes_per_gpu": "lots"}, "capacity_bytes_per_gpu must be a number, got 'lots'"),
+    ({"shared": True}, "a shared tier is sized as a whole: set capacity_bytes"),
+])
+def test_a_bad_per_gpu_capacity_is_one_line(change, message):
+    dram = cache("hbm_dram")
+    dram["tiers"][1].update(change)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        tiers_from_cfg(dram, model("llama3_1_70b"), hardware("h100_sxm"), 8)
