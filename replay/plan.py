@@ -483,9 +483,11 @@ def pareto_plot(frame: pl.DataFrame, path: Path) -> Path:
     pts = list(zip(ok["max_sessions_per_s_per_gpu"].to_list() if ok.height else [],
                    ok["usd_per_session"].to_list() if ok.height else [],
                    ok["candidate"].to_list() if ok.height else [], strict=True))
-    for i, (x, y, label) in enumerate(pts):
+    stacked: dict[float, int] = {}  # the tier sets of one GPU and tp share a rate: their labels
+    for x, y, label in sorted(pts, key=lambda p: (p[0], -p[1])):  # stack, dearest on top
+        k = stacked[x] = stacked.get(x, -1) + 1
         ax.scatter(x, y, s=24)
-        ax.annotate(short(label), (x, y), fontsize=6, xytext=(4, 4 - 9 * (i % 3)), textcoords="offset points")
+        ax.annotate(short(label), (x, y), fontsize=6, xytext=(4, 4 - 9 * k), textcoords="offset points")
     front = sorted((p for p in pts if not any(q[0] >= p[0] and q[1] <= p[1] and q[:2] != p[:2]
                                               for q in pts)), key=lambda p: p[0])
     if front:
