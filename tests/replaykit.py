@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+
+
+def run_cli(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """One of the package's commands (``replay``, ``replay-merge``, ...) from this venv, as a user
+    runs it: its own process, one-line errors (no Hydra traceback)."""
+    return subprocess.run([str(Path(sys.executable).parent / name), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
 
 
 def compose_cfg(overrides: list[str]) -> DictConfig:

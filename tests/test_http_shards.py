@@ -5,14 +5,12 @@ prompts."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import polars as pl
+from replaykit import run_cli
 
 from replay.runner import shard_of
 from tests.fake_server import FakeServer
@@ -34,12 +32,6 @@ def _trace(path: Path) -> Path:
     return write(path, rows, block_size=4)
 
 
-def _cli(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name(name)
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HYDRA_FULL_ERROR": "0"})
-
-
 def test_one_shard_and_four_merged_send_the_same_calls_and_prompts(tmp_path):
     trace = _trace(tmp_path / "t.parquet")
     assert len({shard_of(s, 4) for s in SESSIONS}) > 1  # the 8 sessions really spread over shards
@@ -51,10 +43,11 @@ def test_one_shard_and_four_merged_send_the_same_calls_and_prompts(tmp_path):
                                   "hydra.launcher.n_jobs=4", "hydra.sweep.dir=four",
                                   f"replay.start_at={time.time() + 6}"])):
         with FakeServer(vocab=1000) as server:
-            result = _cli("replay", *extra, *common, f"engine.base_url={server.url}", cwd=tmp_path)
+            result = run_cli("replay", *extra, *common, f"engine.base_url={server.url}", cwd=tmp_path,
+                             timeout=120)
             assert result.returncode == 0, result.stderr[-2000:]
         prompts[name] = Counter((s, tuple(ids)) for s, ids in server.received)
-    merge = _cli("replay-merge", "four", cwd=tmp_path)
+    merge = run_cli("replay-merge", "four", cwd=tmp_path, timeout=120)
     assert merge.returncode == 0, merge.stderr
     merged["one"] = pl.read_parquet(tmp_path / "one" / "requests.parquet")
     merged["four"] = pl.read_parquet(tmp_path / "four" / "merged" / "requests.parquet")

@@ -4,14 +4,18 @@ cache's rules (a write readable from its response's first token, entries per mod
 minimum on the cached prefix)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-from replaykit import SIMPLE, compose_cfg, run_two_lone_calls, simple_decode_step_s, simple_prefill_s
+from replaykit import (
+    SIMPLE,
+    compose_cfg,
+    run_cli,
+    run_two_lone_calls,
+    simple_decode_step_s,
+    simple_prefill_s,
+)
 from tracekit import row, write
 
 from replay.api_cache import ApiPricing, ModelPrices, ProviderPromptCache
@@ -115,8 +119,7 @@ def test_merged_shards_keep_their_kv_storage_and_the_tiers_bought(tmp_path):
     # on what it holds), merged: the KV held is the shards' sum, and the DRAM bought is paid once
     # over the merged span
     def cli(name, *args):
-        done = subprocess.run([str(Path(sys.executable).parent / name), *args], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
+        done = run_cli(name, *args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
 
     for k in (0, 1):

@@ -3,14 +3,11 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
-from replaykit import compose_cfg
+from replaykit import compose_cfg, run_cli
 
 from engines.analytic import AnalyticEngine
 from replay.app import build_engine, run
@@ -164,14 +161,8 @@ def test_an_ignored_ctrl_c_stays_ignored():
         signal.signal(signal.SIGINT, before)
 
 
-def replay_cli(*args, cwd):
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    exe = Path(sys.executable).with_name("replay")
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_default_replay_prints_the_table_and_writes_outputs(tmp_path):
-    result = replay_cli("trace.sessions=4", cwd=tmp_path)
+    result = run_cli("replay", "trace.sessions=4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "TTFT p50" in result.stdout and "API $ / session" in result.stdout
     run_dir = next(tmp_path.glob("outputs/*/*"))
@@ -182,7 +173,7 @@ def test_default_replay_prints_the_table_and_writes_outputs(tmp_path):
 
 
 def test_joblib_sweep_writes_one_comparison_table(tmp_path):
-    result = replay_cli("-m", "cache=hbm_only,hbm_dram", "trace.sessions=3", "hydra/launcher=joblib",
+    result = run_cli("replay", "-m", "cache=hbm_only,hbm_dram", "trace.sessions=3", "hydra/launcher=joblib",
                         "hydra.launcher.n_jobs=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     comparison = next(tmp_path.glob("multirun/*/*/comparison.csv"))
@@ -215,7 +206,7 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
      "pricing.self_hosted.storage_billing must map tier names to capacity or held, got 'capacity'"),
 ])
 def test_bad_input_gets_a_clear_line_not_a_traceback(tmp_path, args, message):
-    result = replay_cli(*args, cwd=tmp_path)
+    result = run_cli("replay", *args, cwd=tmp_path)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -265,7 +256,7 @@ def test_a_broken_parent_link_is_one_line_not_lost_calls(tmp_path):
 
     path = write(tmp_path / "t.parquet", [row("a", 0, 12, [1, 2, 3]),
                                           row("a", 2, 16, [4], parent="a-1", kept=3)])
-    result = replay_cli("trace=file", f"trace.path={path}", cwd=tmp_path)
+    result = run_cli("replay", "trace=file", f"trace.path={path}", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "not replayed, the trace is invalid: " in result.stderr
     # the first of its two problems (turn 2 in a 2-call session; parent a-1 not in the file)

@@ -17,20 +17,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from replaykit import run_cli
 
 from replay.report import main as report_main
 
 BIN = Path(sys.executable).parent
 
 
-def cli(name, *args, cwd):
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=300)
-
-
 def test_a_failing_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path):
-    result = cli("replay", "-m", "trace.sessions=2", "replay.mode=open,sideways,closed", "plots=false",
+    result = run_cli("replay", "-m", "trace.sessions=2", "replay.mode=open,sideways,closed", "plots=false",
                  "replay.progress=false", cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
