@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,23 @@ def run_cli(name: str, *args: str, cwd: Path, timeout: float = 300) -> subproces
     runs it: its own process, one-line errors (no Hydra traceback)."""
     return subprocess.run([str(Path(sys.executable).parent / name), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+
+
+def start_cli(name: str, *args: str, cwd: Path) -> subprocess.Popen:
+    """``run_cli`` without waiting, in a process group of its own (a terminal's Ctrl-C goes to
+    the whole foreground group: ``os.killpg``), its output piped as text."""
+    return subprocess.Popen([str(Path(sys.executable).parent / name), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+                            start_new_session=True)
+
+
+def wait_for(found: Callable[[], Any], proc: subprocess.Popen, deadline: float, poll_s: float = 0.02) -> Any:
+    """The first true answer of ``found()``, asked while ``proc`` runs; fails (with its output)
+    if it ends first or ``deadline`` (time.monotonic) passes."""
+    while not (value := found()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(poll_s)
+    return value
 
 
 def compose_cfg(overrides: list[str]) -> DictConfig:

@@ -16,15 +16,13 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 from omegaconf import OmegaConf
-from replaykit import SIMPLE, simple_prefill_s
+from replaykit import SIMPLE, simple_prefill_s, start_cli, wait_for
 from tracekit import row, write
 
 from engines.specs import ConfigError
@@ -110,13 +108,8 @@ def test_a_ctrl_c_in_a_probe_stops_the_plan_not_judges_the_rate(single_calls, tm
     # it went on with the part, or ended on a bare "Aborted!").
     plan = tmp_path / "hand.yaml"
     OmegaConf.save(hand_plan(single_calls), plan)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "replay-plan"), "--plan", str(plan),
-                             "--out", str(tmp_path / "out")], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "out").glob("c*/probe*/trace.parquet")):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
+    proc = start_cli("replay-plan", "--plan", str(plan), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    wait_for(lambda: list((tmp_path / "out").glob("c*/probe*/trace.parquet")), proc, time.monotonic() + 120)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -174,7 +174,7 @@ def test_default_replay_prints_the_table_and_writes_outputs(tmp_path):
 
 def test_joblib_sweep_writes_one_comparison_table(tmp_path):
     result = run_cli("replay", "-m", "cache=hbm_only,hbm_dram", "trace.sessions=3", "hydra/launcher=joblib",
-                        "hydra.launcher.n_jobs=2", cwd=tmp_path)
+                     "hydra.launcher.n_jobs=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     comparison = next(tmp_path.glob("multirun/*/*/comparison.csv"))
     table = pl.read_csv(comparison)

@@ -17,16 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from replaykit import run_cli
+from replaykit import run_cli, start_cli, wait_for
 
 from replay.report import main as report_main
-
-BIN = Path(sys.executable).parent
 
 
 def test_a_failing_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     result = run_cli("replay", "-m", "trace.sessions=2", "replay.mode=open,sideways,closed", "plots=false",
-                 "replay.progress=false", cwd=tmp_path)
+                     "replay.progress=false", cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "error: replay.mode must be one of open, closed, got 'sideways'" in result.stderr
@@ -69,11 +67,8 @@ def test_bare_help_loads_neither_hydra_nor_polars(tmp_path):
 
 
 def start_replay(tmp_path, *args):
-    """`replay ARGS` in its own process group (a terminal's Ctrl-C goes to the whole group)."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.Popen([str(BIN / "replay"), "plots=false", *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    """`replay plots=false ARGS` in its own process group (``replaykit.start_cli``)."""
+    return start_cli("replay", "plots=false", *args, cwd=tmp_path)
 
 
 def read_until(proc, text):
@@ -127,16 +122,15 @@ def test_ctrl_c_while_the_bill_process_finishes_keeps_the_whole_run(tmp_path):
     proc = start_replay(tmp_path, "engine=analytic", "trace.sessions=5", "replay.bill_process_min_calls=0",
                         "replay.progress=false")
     deadline = time.monotonic() + 60
-    while not (children := [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                            and _parent_pid(p) == proc.pid]):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
+    children = wait_for(lambda: [int(p.name) for p in Path("/proc").iterdir()
+                                 if p.name.isdigit() and _parent_pid(p) == proc.pid], proc, deadline, 0.01)
     os.kill(children[0], signal.SIGSTOP)
     try:
-        while not (rows := list(tmp_path.glob("outputs/*/*/.requests.engine.parquet"))) \
-                or not _complete_parquet(rows[0]):  # the replay is over: its engine rows are written
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
+        def engine_rows_written():  # the replay is over: its engine rows are written
+            rows = list(tmp_path.glob("outputs/*/*/.requests.engine.parquet"))
+            return rows and _complete_parquet(rows[0])
+
+        wait_for(engine_rows_written, proc, deadline, 0.05)
         time.sleep(0.5)  # into close(): the last events written, the bill awaited
         os.kill(proc.pid, signal.SIGINT)  # a terminal's press: the bill runs in a session of its own
         time.sleep(0.5)
