@@ -117,8 +117,7 @@ class AnalyticEngine:
         self._end_prefills(inst, now)
         self._waiting[inst].append(request)
         self._start_waiting(inst, now)
-        if self.check_invariants:
-            self._check(inst)
+        self._check(inst)
 
     def _in_system(self, inst: int) -> int:
         """Calls running or waiting on an instance (the routers' load)."""
@@ -305,8 +304,7 @@ class AnalyticEngine:
             self.caches[inst].commit(running.acquired, len(running.blocks), end)
             running.share_at_join = self._share[inst]
             self._batch[inst] += 1
-            if self.check_invariants:
-                self._check(inst)
+            self._check(inst)
 
     def advance(self, until: float) -> list[Completion]:
         done = []
@@ -333,8 +331,7 @@ class AnalyticEngine:
             self._running[inst].discard(what)
             done.append(what.completion)
             self._start_waiting(inst, t)
-            if self.check_invariants:
-                self._check(inst)
+            self._check(inst)
         return done
 
     def _hold(self, inst: int, t: float) -> None:
@@ -347,9 +344,8 @@ class AnalyticEngine:
             self._held_to[inst] = t
 
     def _check(self, inst: int) -> None:
-        """The instance's cache invariants (with ``check_invariants``: callers test the flag, as
-        this runs after every event)."""
-        self.caches[inst].check([r.acquired for r in self._running[inst]])
+        if self.check_invariants:
+            self.caches[inst].check([r.acquired for r in self._running[inst]])
 
     def check(self, final: bool = False) -> None:
         """Every instance's block-cache invariants (see ``BlockCache.check``)."""
