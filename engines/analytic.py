@@ -74,6 +74,7 @@ class AnalyticEngine:
                                                block_size)
         self.model, self.hw, self.tp, self.roofline, self.tiers = d.model, d.hw, d.tp, d.roofline, d.tiers
         self.tier_names, self.block_size = d.tier_names, d.block_size
+        self.priced_tiers = d.tier_names  # its stats report their storage
         self.concurrency = int(concurrency)
         self.max_batched_tokens = int(max_batched_tokens)
         self.cache_output_blocks = bool(cache_output_blocks)

@@ -58,6 +58,9 @@ class Completion:
 
 
 class Engine(Protocol):
+    """What the runner drives. Optional: ``priced_tiers``, the tiers whose KV the engine's
+    stats report for storage cost (``byte_seconds_by_tier``, ``capacity_bytes_by_tier``)."""
+
     tier_names: list[str]
 
     def submit(self, request: Request, now: float) -> None:

@@ -193,6 +193,7 @@ def _run(cfg: DictConfig, run_dir: Path, ctrl_c: CtrlC) -> dict[str, Any]:
         check_prefix_reuse(cfg)
     api = ApiPricing.from_cfg(cfg.pricing.api)
     self_hosted = SelfHostedPricing.from_cfg(cfg.pricing.self_hosted)
+    self_hosted.check_priced(getattr(engine, "priced_tiers", ()))  # before a long run, not after
     power_w = float(cfg.hardware.get("power_w") or 0.0)
     gpus, hardware_name, pools_ = int(cfg.parallel.tp) * int(cfg.instances), cfg.hardware.name, None
     if deployment_mode(cfg) == "pd":  # every pool's GPUs, each at its own price

@@ -13,7 +13,7 @@ managed store) what it held.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -48,15 +48,27 @@ class SelfHostedPricing:
             if not isinstance(raw, Mapping):
                 raise ConfigError("pricing.self_hosted.storage_billing must map tier names to "
                                   f"{' or '.join(STORAGE_BILLING)}, got {raw!r}")
+            prices = {str(k): float(v) for k, v in cfg["storage_usd_per_tb_month"].items()}
             billing = {str(k): str(v) for k, v in raw.items()}
             for tier, basis in billing.items():
                 if basis not in STORAGE_BILLING:
                     raise ConfigError(f"pricing.self_hosted.storage_billing.{tier} must be one of "
                                       f"{', '.join(STORAGE_BILLING)}, got {basis!r}")
+                if tier not in prices:  # a misspelt tier would leave the real one on the default
+                    raise ConfigError(f"pricing.self_hosted.storage_billing.{tier}: no tier {tier!r} "
+                                      f"in storage_usd_per_tb_month ({', '.join(prices)})")
             return cls(float(cfg["gpu_hour_usd"]), float(cfg["usd_per_kwh"]), float(cfg["pue"]),
-                       {k: float(v) for k, v in cfg["storage_usd_per_tb_month"].items()}, billing)
+                       prices, billing)
         except KeyError as exc:
             raise ConfigError(f"pricing.self_hosted: '{exc.args[0]}' is missing") from None
+
+    def check_priced(self, tiers: Iterable[str]) -> None:
+        """Every KV tier of a deployment has a price: one without would be stored for free."""
+        for tier in tiers:
+            if tier not in self.storage_usd_per_tb_month:
+                raise ConfigError(f"cache tier {tier!r} has no price: set pricing.self_hosted."
+                                  f"storage_usd_per_tb_month.{tier} (priced: "
+                                  f"{', '.join(self.storage_usd_per_tb_month)})")
 
     def gpu_cost(self, gpu_s: Seconds, power_w: float) -> Seconds:
         """GPU time at the hourly rate plus its energy at the facility's PUE."""

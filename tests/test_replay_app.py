@@ -204,6 +204,13 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
      "pricing.self_hosted.storage_billing.dram must be one of capacity, held, got 'sometimes'"),
     (["trace.sessions=2", "pricing.self_hosted.storage_billing=capacity"],
      "pricing.self_hosted.storage_billing must map tier names to capacity or held, got 'capacity'"),
+    (["trace.sessions=2", "+pricing.self_hosted.storage_billing.nvmee=held"],  # misspelt: nvme stays bought
+     "pricing.self_hosted.storage_billing.nvmee: no tier 'nvmee' in storage_usd_per_tb_month (hbm, dram, "
+     "nvme, warehouse)"),
+    (["trace.sessions=2", "cache.tiers.1.name=cxl"],  # an unpriced tier would be stored for free
+     "cache tier 'cxl' has no price: set pricing.self_hosted.storage_usd_per_tb_month.cxl"),
+    (["trace.sessions=2", "engine=offload", "cache.tiers.1.name=cxl"],
+     "cache tier 'cxl' has no price: set pricing.self_hosted.storage_usd_per_tb_month.cxl"),
 ])
 def test_bad_input_gets_a_clear_line_not_a_traceback(tmp_path, args, message):
     result = run_cli("replay", *args, cwd=tmp_path)

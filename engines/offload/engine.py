@@ -64,6 +64,7 @@ class OffloadEngine:
                                                block_size)
         self.model, self.hw, self.tp, self.roofline, self.tiers = d.model, d.hw, d.tp, d.roofline, d.tiers
         self.tier_names, self.block_size = d.tier_names, d.block_size
+        self.priced_tiers = d.tier_names  # its stats report their storage
         self.kv_gpu_token = d.kv_bytes_per_gpu_token
         self.block_bytes = d.block_bytes
         self.load_policy, self.preemption = load_policy, preemption

@@ -92,6 +92,7 @@ class DisaggregatedEngine:
         self._sources = [self.decode.fabric.resource(f"prefill{i}.kv_out", bw * self.prefill.tp)
                          for i in range(len(self.prefill.instances))]
         self.tier_names = self.prefill.tier_names
+        self.priced_tiers = list(dict.fromkeys(self.prefill.tier_names + self.decode.tier_names))
         self.extra_columns = EXTRA_COLUMNS
         self._requests: dict[str, Request] = {}
         self._prefilled: dict[str, tuple[Completion, float]] = {}
