@@ -107,13 +107,19 @@ def cost_breakdown(requests: pl.DataFrame, summary: dict[str, Any], gpu_hour_usd
     ax.bar("busy GPU-s\nwith reuse", compute, color="C0", label="GPU compute")
     ax.bar("busy GPU-s\nwith reuse", loads, bottom=compute, color="C1", label="GPU waiting on loads")
     ax.bar("busy GPU-s\nwith reuse", storage, bottom=compute + loads, color="C2", label="KV storage")
-    tiers_bought = sum(summary.get("provisioned_storage_usd_by_tier", {}).values()) / sessions
-    gpus_bought = per("self_hosted_provisioned_usd") - tiers_bought
-    ax.bar("provisioned\nwith reuse", gpus_bought, color="C4", label="provisioned GPUs for the span")
-    ax.bar("provisioned\nwith reuse", tiers_bought, bottom=gpus_bought, color="C2")  # KV tiers bought
+
+    def provisioned(prefix: str, name: str, **label: str) -> None:
+        """The provisioned bar: GPUs for the span, under the KV tiers bought."""
+        tiers = summary.get(f"{prefix}provisioned_storage_usd_by_tier") or {}
+        tiers_bought = sum(tiers.values()) / sessions
+        gpus_bought = per(f"{prefix}self_hosted_provisioned_usd") - tiers_bought
+        ax.bar(name, gpus_bought, color="C4", **label)
+        ax.bar(name, tiers_bought, bottom=gpus_bought, color="C2")
+
+    provisioned("", "provisioned\nwith reuse", label="provisioned GPUs for the span")
     if summary.get("baseline") == "simulate":
         ax.bar("busy GPU-s\nno reuse", per("no_reuse_self_hosted_busy_usd"), color="C0")
-        ax.bar("provisioned\nno reuse", per("no_reuse_self_hosted_provisioned_usd"), color="C4")
+        provisioned("no_reuse_", "provisioned\nno reuse")
     ax.bar("API\nwith cache", per("api_usd"), color="C3", label=f"API bill ({summary.get('pricing')})")
     ax.bar("API\nno cache", per("no_reuse_api_usd"), color="C3")
     ax.set_ylabel("$ per session")

@@ -130,6 +130,7 @@ def summarize(requests: pl.DataFrame, tier_names: list[str], self_hosted: SelfHo
         "no_reuse_gpu_utilisation": base["gpu_utilisation"],
         "storage_usd_by_tier": storage_usd,
         "provisioned_storage_usd_by_tier": me["provisioned_storage_usd_by_tier"],
+        "no_reuse_provisioned_storage_usd_by_tier": base["provisioned_storage_usd_by_tier"],
         "capacity_bytes_by_tier": capacity,
         **_cost_figures("busy", me, base, sessions, mtok),
         **_cost_figures("provisioned", me, base, sessions, mtok),

@@ -95,6 +95,8 @@ def test_provisioned_cost_pays_for_a_tier_bought_whole_by_hand(tmp_path, engine)
     assert s["self_hosted_busy_usd"] == pytest.approx(busy + held_byte_s * 0.001, rel=1e-9)
     assert s["no_reuse_self_hosted_provisioned_usd"] == pytest.approx(s["self_hosted_provisioned_usd"],
                                                                        rel=1e-9)
+    assert s["no_reuse_provisioned_storage_usd_by_tier"]["hbm"] == pytest.approx(
+        capacity * s["no_reuse_span_s"] * 0.001, rel=1e-9)
 
 
 def test_each_tier_is_paid_on_its_billing_basis_by_hand():
