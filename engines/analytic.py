@@ -67,7 +67,7 @@ class AnalyticEngine:
                  block_size: int | None = None, cache_output_blocks: bool = True,
                  overlap_load: bool = False, router: str = "session_affinity",
                  max_batched_tokens: int = 8192, prefix_reuse: bool = True,
-                 check_invariants: bool = False) -> None:
+                 check_invariants: bool = False, eviction_params: Mapping[str, float] | None = None) -> None:
         if int(concurrency) < 1 or int(max_batched_tokens) < 1:
             raise ConfigError("engine.concurrency and engine.max_batched_tokens must be >= 1")
         d = self.deployment = Deployment.build(model, hardware, cache, tp, instances, trace_block_size,
@@ -84,8 +84,8 @@ class AnalyticEngine:
         capacities = [t.capacity_bytes / d.block_bytes for t in self.tiers]
         policy = str(cache.get("eviction", "lru"))
         headroom = float(cache.get("eviction_headroom", 0.0))
-        self.caches = [BlockCache(capacities, self.tier_names, policy, headroom=headroom,
-                                  reuse=bool(prefix_reuse)) for _ in range(d.instances)]
+        self.caches = [BlockCache(capacities, self.tier_names, policy, dict(eviction_params or {}),
+                                  headroom=headroom, reuse=bool(prefix_reuse)) for _ in range(d.instances)]
         self.router = Router(router, d.instances)
         self._running: list[set[_Running]] = [set() for _ in range(d.instances)]
         self._waiting: list[deque[Request]] = [deque() for _ in range(d.instances)]

@@ -24,6 +24,8 @@ from engines.radix import Node, RadixTree
 class EvictionPolicy:
     """LRU: the least recently used leaf run goes first."""
 
+    needs: tuple[str, ...] = ()  # its parameters, each required (a default of 0 would quietly be LRU)
+
     def __init__(self, **params: float) -> None:
         self.params = params
 
@@ -39,17 +41,21 @@ class TtlPinPolicy(EvictionPolicy):
     """Keep a session's blocks in HBM for ``ttl_s`` after its call ends, while its next call
     (after a tool runs) is expected; LRU after that (Continuum-style pinning)."""
 
+    needs = ("ttl_s",)
+
     def evictable(self, node: Node, tier: int, now: float) -> bool:
-        return tier > 0 or node.stamp + self.params.get("ttl_s", 0.0) <= now
+        return tier > 0 or node.stamp + self.params["ttl_s"] <= now
 
 
 class SessionAwarePolicy(EvictionPolicy):
     """LRU, but a run that several sessions share (one with two or more children, such as a
     system prompt) counts as ``shared_bonus_s`` younger, so idle sessions' own runs go first."""
 
+    needs = ("shared_bonus_s",)
+
     def priority(self, node: Node) -> float:
         shared = len(node.children) >= 2
-        return node.stamp + (self.params.get("shared_bonus_s", 0.0) if shared else 0.0)
+        return node.stamp + (self.params["shared_bonus_s"] if shared else 0.0)
 
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
@@ -147,7 +153,11 @@ class BlockCache:
         self.draining = 0
         self.reuse = bool(reuse)
         self.stats = [TierStats() for _ in range(self.n_tiers)]
-        self.policy = POLICIES[policy](**(policy_params or {}))
+        params = dict(policy_params or {})
+        missing = [p for p in POLICIES[policy].needs if params.get(p) is None]
+        if missing:
+            raise ValueError(f"eviction policy {policy} needs engine.eviction_params.{missing[0]}")
+        self.policy = POLICIES[policy](**params)
         self.admit_min_uses = int(admit_min_uses)
         self.inclusive = bool(inclusive)
         self.on_drop = on_drop

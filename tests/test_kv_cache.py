@@ -174,6 +174,13 @@ def test_ttl_pin_yields_at_capacity_instead_of_overflowing():
     assert cache.lookup(H(10)) == [0]  # the oldest pin yielded
 
 
+@pytest.mark.parametrize("policy, param", [("ttl_pin", "ttl_s"), ("session_aware", "shared_bonus_s")])
+def test_a_policy_without_its_parameter_is_an_error_not_lru(policy, param):
+    # a default of 0 made both plain LRU, silently, on the engines that passed no parameters
+    with pytest.raises(ValueError, match=f"eviction policy {policy} needs engine.eviction_params.{param}"):
+        BlockCache([3], ["hbm"], policy)
+
+
 def test_writes_down_are_reported_for_timing():
     writes = []
     cache = BlockCache([2, 10], ["hbm", "dram"], on_write=lambda n, src, dst: writes.append((n, src, dst)))

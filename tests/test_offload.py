@@ -240,6 +240,21 @@ def small_coding(tmp_path_factory):
 TIGHT = ["cache.tiers.0.capacity_bytes=1.5e11", "cache.tiers.1.capacity_bytes=3e11"]
 
 
+def test_session_aware_eviction_keeps_shared_runs_in_hbm_on_the_analytic_engine(small_coding):
+    # The analytic engine passed no policy parameters, so session_aware had a bonus of 0: plain
+    # LRU, with the same figures. With its 600 s bonus, shared runs outlive sessions' own.
+    reused = {}
+    for policy in ("lru", "session_aware"):
+        engine = build_engine(compose_cfg(["engine=analytic", "cache=hbm_dram_nvme", *TIGHT,
+                                           f"cache.eviction={policy}"]), 64)
+        replay(str(small_coding), engine, ReplayOptions(progress=False, session_rate_per_s=1.0), None,
+               lambda row, request, c, policy=policy: reused.setdefault(policy, []).append(
+                   c.reused_tokens_by_tier))
+        reused[policy] = {t: sum(r[t] for r in reused[policy]) for t in ("hbm", "dram")}
+    assert reused["session_aware"]["hbm"] > reused["lru"]["hbm"]
+    assert reused["session_aware"]["dram"] < reused["lru"]["dram"]
+
+
 @pytest.mark.parametrize("options", [
     ["engine.eviction=lru"], ["engine.eviction=ttl_pin"], ["engine.eviction=session_aware"],
     ["engine.router=round_robin", "instances=2"], ["engine.router=least_loaded", "instances=2"],
@@ -251,7 +266,8 @@ TIGHT = ["cache.tiers.0.capacity_bytes=1.5e11", "cache.tiers.1.capacity_bytes=3e
     ["engine=analytic", "engine.router=round_robin", "instances=2"],
     ["engine=analytic", "engine.router=least_loaded", "instances=2"],
     ["engine=analytic", "engine.overlap_load=true"], ["engine=analytic", "engine.prefix_reuse=false"],
-    ["engine=analytic", "cache=hbm_only"],
+    ["engine=analytic", "cache=hbm_only"], ["engine=analytic", "cache.eviction=ttl_pin"],
+    ["engine=analytic", "cache.eviction=session_aware"],
 ], ids=lambda o: " ".join(o))
 def test_the_invariant_checker_holds_for_every_policy_router_and_option(small_coding, options):
     cache = next((o for o in options if o.startswith("cache=")), "cache=hbm_dram_nvme")

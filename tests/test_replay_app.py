@@ -207,6 +207,8 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
     (["trace.sessions=2", "+pricing.self_hosted.storage_billing.nvmee=held"],  # misspelt: nvme stays bought
      "pricing.self_hosted.storage_billing.nvmee: no tier 'nvmee' in storage_usd_per_tb_month (hbm, dram, "
      "nvme, warehouse)"),
+    (["trace.sessions=2", "cache.eviction=ttl_pin", "engine.eviction_params.ttl_s=null"],
+     "eviction policy ttl_pin needs engine.eviction_params.ttl_s"),
     (["trace.sessions=2", "cache.tiers.1.name=cxl"],  # an unpriced tier would be stored for free
      "cache tier 'cxl' has no price: set pricing.self_hosted.storage_usd_per_tb_month.cxl"),
     (["trace.sessions=2", "engine=offload", "cache.tiers.1.name=cxl"],

@@ -114,7 +114,8 @@ class TorchEngine:
                  pool_blocks: int = 2048, cpu_blocks: int = 0, disk_blocks: int = 0,
                  max_batched_tokens: int = 2048, max_running: int = 16, checkpoint: str | None = None,
                  seed: int = 0, device: str = "auto", cache_output_blocks: bool = True,
-                 disk_dir: str | None = None, threads: int | None = None, clock: str = "wall") -> None:
+                 disk_dir: str | None = None, threads: int | None = None, clock: str = "wall",
+                 eviction_params: Mapping[str, float] | None = None) -> None:
         if int(instances) != 1:
             raise ConfigError("the torch engine runs one instance (instances=1)")
         if clock not in CLOCKS:
@@ -136,7 +137,8 @@ class TorchEngine:
         self.kv = TieredKV(self.pool, Path(disk_dir) if disk_dir else Path("kv_disk"))
         capacities = [int(pool_blocks)] + [int(b) for b in (cpu_blocks, disk_blocks) if b]
         names = ["hbm", "cpu", "disk"][: len(capacities)]
-        self.cache = BlockCache(capacities, names, str(cache.get("eviction", "lru")), on_move=self.kv.move,
+        self.cache = BlockCache(capacities, names, str(cache.get("eviction", "lru")),
+                                dict(eviction_params or {}), on_move=self.kv.move,
                                 headroom=float(cache.get("eviction_headroom", 0.0)))
         self.tier_names = names
         self.max_batched_tokens = int(max_batched_tokens)
