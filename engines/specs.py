@@ -329,12 +329,27 @@ def _per_gpu_capacity(tier: Mapping[str, Any], tp: int, where: str) -> float:
         raise ConfigError(f"{where}: capacity_bytes_per_gpu must be a number, got {per_gpu!r}") from None
 
 
+CACHE_KEYS = ("name", "hbm_reserve_fraction", "eviction", "eviction_headroom", "tiers")
+TIER_KEYS = ("name", "capacity_bytes", "capacity_bytes_per_gpu", "read_bw", "write_bw", "latency_s", "shared",
+             "aggregate_read_bw", "aggregate_write_bw")
+
+
+def _known_keys(cfg: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """A key the model does not read is a typo in a hand-written config: without this check it
+    would leave the real key at its default (no latency, unbounded bandwidth) and say nothing."""
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+
+
 def tiers_from_cfg(cache_cfg: Mapping[str, Any], model: ModelSpec, hw: HardwareSpec,
                    tp: int) -> list[TierSpec]:
+    _known_keys(cache_cfg, CACHE_KEYS, f"cache {cache_cfg.get('name', '?')}")
     tiers_cfg = _need(cache_cfg, "tiers", f"cache {cache_cfg.get('name', '?')}")
     tiers = []
     for i, t in enumerate(tiers_cfg):
         where = f"cache {cache_cfg.get('name', '?')} tier {t.get('name', i)}"
+        _known_keys(t, TIER_KEYS, where)
         cap = t.get("capacity_bytes")
         if i == 0:
             if cap in (None, "auto"):

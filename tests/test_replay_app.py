@@ -209,6 +209,9 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
      "nvme, warehouse)"),
     (["trace.sessions=2", "cache.eviction=ttl_pin", "engine.eviction_params.ttl_s=null"],
      "eviction policy ttl_pin needs engine.eviction_params.ttl_s"),
+    (["trace.sessions=2", "+cache.tiers.1.latency=1e-4"],  # a typo would leave latency_s at 0
+     "cache hbm_dram tier dram: unknown key 'latency' (known: name, capacity_bytes, "),
+    (["trace.sessions=2", "+cache.evict=ttl_pin"], "cache hbm_dram: unknown key 'evict' (known: name, "),
     (["trace.sessions=2", "cache.tiers.1.name=cxl"],  # an unpriced tier would be stored for free
      "cache tier 'cxl' has no price: set pricing.self_hosted.storage_usd_per_tb_month.cxl"),
     (["trace.sessions=2", "engine=offload", "cache.tiers.1.name=cxl"],
