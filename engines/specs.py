@@ -43,6 +43,26 @@ def _dtype(cfg: Mapping[str, Any], key: str, where: str) -> tuple[str, float]:
     return name, DTYPE_BYTES[name]
 
 
+def _known_keys(cfg: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """A key nothing reads is a typo in a hand-written config: without this check it would leave
+    the real key at its default (no latency, no overhead, unbounded bandwidth) and say nothing."""
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+
+
+MODEL_KEYS = (
+    "name", "layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab", "params",
+    "active_params", "attention", "weight_dtype", "weight_dtype_bytes", "kv_dtype", "kv_dtype_bytes",
+    "kv_lora_rank", "qk_rope_head_dim", "q_lora_rank", "qk_nope_head_dim", "v_head_dim", "experts",
+    "experts_per_token", "shared_experts", "moe_intermediate", "dense_layers", "expert_parallel",
+    "dp_attention", "rope_theta", "norm_eps", "qkv_bias", "tie_embeddings")  # (last four: the torch model's)
+HARDWARE_KEYS = (
+    "name", "flops", "flops_by_dtype", "hbm_bytes", "hbm_bw", "links", "efficiency", "power_w", "overhead_s",
+    "overhead_eager_s", "cuda_graphs", "collective_latency_s", "overlap_collectives")
+EFFICIENCY_KEYS = ("flops", "hbm", "link", "attention", "collective")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model's shapes (as its config.json gives them) and the precisions it is served in.
@@ -84,6 +104,7 @@ class ModelSpec:
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> ModelSpec:
         where = f"model {cfg.get('name', '?')}"
+        _known_keys(cfg, MODEL_KEYS, where)
         fields = {k: _need(cfg, k, where) for k in (
             "name", "layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
             "params", "active_params", "attention")}
@@ -244,7 +265,10 @@ class HardwareSpec:
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> HardwareSpec:
         where = f"hardware {cfg.get('name', '?')}"
+        _known_keys(cfg, HARDWARE_KEYS, where)
         eff = _need(cfg, "efficiency", where)
+        if isinstance(eff, Mapping):
+            _known_keys(eff, EFFICIENCY_KEYS, where + " efficiency")
         try:
             by_dtype = {str(k): float(v) for k, v in (cfg.get("flops_by_dtype") or {}).items()}
             overhead = float(cfg.get("overhead_s") or 0.0)
@@ -332,14 +356,6 @@ def _per_gpu_capacity(tier: Mapping[str, Any], tp: int, where: str) -> float:
 CACHE_KEYS = ("name", "hbm_reserve_fraction", "eviction", "eviction_headroom", "tiers")
 TIER_KEYS = ("name", "capacity_bytes", "capacity_bytes_per_gpu", "read_bw", "write_bw", "latency_s", "shared",
              "aggregate_read_bw", "aggregate_write_bw")
-
-
-def _known_keys(cfg: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
-    """A key the model does not read is a typo in a hand-written config: without this check it
-    would leave the real key at its default (no latency, unbounded bandwidth) and say nothing."""
-    for key in cfg:
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
 
 
 def tiers_from_cfg(cache_cfg: Mapping[str, Any], model: ModelSpec, hw: HardwareSpec,

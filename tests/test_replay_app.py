@@ -211,6 +211,10 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
      "eviction policy ttl_pin needs engine.eviction_params.ttl_s"),
     (["trace.sessions=2", "+cache.tiers.1.latency=1e-4"],  # a typo would leave latency_s at 0
      "cache hbm_dram tier dram: unknown key 'latency' (known: name, capacity_bytes, "),
+    (["trace.sessions=2", "+hardware.overhead=0.001"], "hardware h100_sxm: unknown key 'overhead' (known: "),
+    (["trace.sessions=2", "+hardware.efficiency.flop=0.5"],
+     "hardware h100_sxm efficiency: unknown key 'flop' (known: flops, hbm, link, attention, collective)"),
+    (["trace.sessions=2", "+model.kv_dtyp=fp8"], "model llama3_1_70b: unknown key 'kv_dtyp' (known: "),
     (["trace.sessions=2", "+cache.evict=ttl_pin"], "cache hbm_dram: unknown key 'evict' (known: name, "),
     (["trace.sessions=2", "cache.tiers.1.name=cxl"],  # an unpriced tier would be stored for free
      "cache tier 'cxl' has no price: set pricing.self_hosted.storage_usd_per_tb_month.cxl"),
