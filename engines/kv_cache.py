@@ -13,12 +13,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from engines.radix import Node, RadixTree
+from engines.specs import ConfigError
 
 
 class EvictionPolicy:
@@ -60,6 +62,24 @@ class SessionAwarePolicy(EvictionPolicy):
 
 POLICIES: dict[str, type[EvictionPolicy]] = {
     "lru": EvictionPolicy, "ttl_pin": TtlPinPolicy, "session_aware": SessionAwarePolicy}
+
+
+def eviction_policy(name: str, params: Mapping[str, Any] | None = None) -> EvictionPolicy:
+    """The policy ``name`` with its parameters, each checked: a missing, misspelt or non-numeric
+    one is an error, never a silent 0 (which would make it LRU)."""
+    if name not in POLICIES:
+        raise ConfigError(f"unknown eviction policy {name!r}; choose one of {sorted(POLICIES)}")
+    params = dict(params or {})
+    known = sorted({p for cls in POLICIES.values() for p in cls.needs})
+    for key, value in params.items():
+        if key not in known:
+            raise ConfigError(f"engine.eviction_params.{key}: unknown (known: {', '.join(known)})")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"engine.eviction_params.{key} must be a number, got {value!r}")
+    for key in POLICIES[name].needs:
+        if params.get(key) is None:
+            raise ConfigError(f"eviction policy {name} needs engine.eviction_params.{key}")
+    return POLICIES[name](**{k: float(v) for k, v in params.items() if v is not None})
 
 
 @dataclass
@@ -137,10 +157,9 @@ class BlockCache:
                  on_write: Callable[[int, int, int], None] | None = None) -> None:
         if not capacities:
             raise ValueError("a block cache needs at least one tier")
-        if policy not in POLICIES:
-            raise ValueError(f"unknown eviction policy {policy!r}; choose one of {sorted(POLICIES)}")
+        self.policy = eviction_policy(policy, policy_params)
         if not 0.0 <= headroom < 1.0:
-            raise ValueError(f"cache.eviction_headroom must be in [0, 1), got {headroom}")
+            raise ConfigError(f"cache.eviction_headroom must be in [0, 1), got {headroom}")
         self.capacity = [float(c) for c in capacities]
         self.target = [c if math.isinf(c) else c - math.floor(headroom * c) for c in self.capacity]
         self.names = list(names) if names else [f"tier{i}" for i in range(len(capacities))]
@@ -153,11 +172,6 @@ class BlockCache:
         self.draining = 0
         self.reuse = bool(reuse)
         self.stats = [TierStats() for _ in range(self.n_tiers)]
-        params = dict(policy_params or {})
-        missing = [p for p in POLICIES[policy].needs if params.get(p) is None]
-        if missing:
-            raise ValueError(f"eviction policy {policy} needs engine.eviction_params.{missing[0]}")
-        self.policy = POLICIES[policy](**params)
         self.admit_min_uses = int(admit_min_uses)
         self.inclusive = bool(inclusive)
         self.on_drop = on_drop

@@ -358,14 +358,20 @@ TIER_KEYS = ("name", "capacity_bytes", "capacity_bytes_per_gpu", "read_bw", "wri
              "aggregate_read_bw", "aggregate_write_bw")
 
 
+def check_cache_keys(cache_cfg: Mapping[str, Any]) -> None:
+    """The cache config and each of its tiers hold only keys something reads."""
+    _known_keys(cache_cfg, CACHE_KEYS, f"cache {cache_cfg.get('name', '?')}")
+    for i, t in enumerate(cache_cfg.get("tiers") or ()):
+        _known_keys(t, TIER_KEYS, f"cache {cache_cfg.get('name', '?')} tier {t.get('name', i)}")
+
+
 def tiers_from_cfg(cache_cfg: Mapping[str, Any], model: ModelSpec, hw: HardwareSpec,
                    tp: int) -> list[TierSpec]:
-    _known_keys(cache_cfg, CACHE_KEYS, f"cache {cache_cfg.get('name', '?')}")
+    check_cache_keys(cache_cfg)
     tiers_cfg = _need(cache_cfg, "tiers", f"cache {cache_cfg.get('name', '?')}")
     tiers = []
     for i, t in enumerate(tiers_cfg):
         where = f"cache {cache_cfg.get('name', '?')} tier {t.get('name', i)}"
-        _known_keys(t, TIER_KEYS, where)
         cap = t.get("capacity_bytes")
         if i == 0:
             if cap in (None, "auto"):

@@ -216,6 +216,14 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
      "hardware h100_sxm efficiency: unknown key 'flop' (known: flops, hbm, link, attention, collective)"),
     (["trace.sessions=2", "+model.kv_dtyp=fp8"], "model llama3_1_70b: unknown key 'kv_dtyp' (known: "),
     (["trace.sessions=2", "+cache.evict=ttl_pin"], "cache hbm_dram: unknown key 'evict' (known: name, "),
+    (["trace.sessions=2", "cache.eviction=ttl_pin", "engine.eviction_params.ttl_s=abc"],
+     "engine.eviction_params.ttl_s must be a number, got 'abc'"),
+    (["trace.sessions=2", "+engine.eviction_params.ttl=5"],  # misspelt: ttl_s would stay at 30
+     "engine.eviction_params.ttl: unknown (known: shared_bonus_s, ttl_s)"),
+    (["trace.sessions=2", "engine=offload", "deployment=pd", "cache.eviction=ttl_pin",
+      "engine.eviction_params.ttl_s=null"], "eviction policy ttl_pin needs engine.eviction_params.ttl_s"),
+    (["trace.sessions=2", "engine=torch", "model=tiny", "hardware=cpu", "parallel.tp=1",
+      "+cache.evict=ttl_pin"], "cache hbm_dram: unknown key 'evict' (known: name, "),
     (["trace.sessions=2", "cache.tiers.1.name=cxl"],  # an unpriced tier would be stored for free
      "cache tier 'cxl' has no price: set pricing.self_hosted.storage_usd_per_tb_month.cxl"),
     (["trace.sessions=2", "engine=offload", "cache.tiers.1.name=cxl"],

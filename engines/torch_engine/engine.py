@@ -29,7 +29,7 @@ from engines.base import Completion, Request
 from engines.deployment import engine_block_size
 from engines.kv_cache import Acquired, BlockCache, tier_report
 from engines.roofline import Roofline
-from engines.specs import ConfigError, HardwareSpec, ModelSpec
+from engines.specs import ConfigError, HardwareSpec, ModelSpec, check_cache_keys
 from engines.torch_engine.kv_pool import KVPool, TieredKV
 from engines.torch_engine.model import ModelArgs, SeqSlice, Transformer, load_hf_checkpoint
 from traces.hashing import reblock, reusable_blocks, string_key
@@ -135,6 +135,7 @@ class TorchEngine:
         self.block_size, self.factor = engine_block_size(block_size, trace_block_size)
         self.pool = KVPool(self.args, int(pool_blocks), self.block_size, self.device, self.dtype)
         self.kv = TieredKV(self.pool, Path(disk_dir) if disk_dir else Path("kv_disk"))
+        check_cache_keys(cache)  # (its tiers come from pool_blocks, cpu_blocks and disk_blocks)
         capacities = [int(pool_blocks)] + [int(b) for b in (cpu_blocks, disk_blocks) if b]
         names = ["hbm", "cpu", "disk"][: len(capacities)]
         self.cache = BlockCache(capacities, names, str(cache.get("eviction", "lru")),
