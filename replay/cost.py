@@ -95,4 +95,6 @@ class SelfHostedPricing:
         for tier, capacity in capacity_bytes.items():
             if capacity is not None and self.storage_billing.get(tier, "capacity") == "capacity":
                 out[tier] = self.storage_cost(tier, capacity * span_s)
+            else:
+                out.setdefault(tier, 0.0)  # held nothing (or nothing reported): every tier listed
         return out

@@ -108,6 +108,9 @@ def test_each_tier_is_paid_on_its_billing_basis_by_hand():
     # dram, not named: bought, 4 TB for half a month at $60/TB-month = $120 whatever it held;
     # nvme: unbounded, nothing to buy: what it held; warehouse, billed on use: what it held
     assert got == {"hbm": 0.0, "dram": pytest.approx(120.0, rel=1e-12), "nvme": 0.25, "warehouse": 3.0}
+    # a tier billed on use that held nothing (or a merge that passes no held figures) is still listed
+    assert pricing.provisioned_storage_cost({"warehouse": 1e15, "nvme": None}, 1.0, {}) == \
+        {"warehouse": 0.0, "nvme": 0.0}
 
 
 def test_a_shared_tier_is_bought_once_and_each_instance_its_own():
