@@ -43,7 +43,7 @@ def _dtype(cfg: Mapping[str, Any], key: str, where: str) -> tuple[str, float]:
     return name, DTYPE_BYTES[name]
 
 
-def _known_keys(cfg: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+def check_keys(cfg: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
     """A key nothing reads is a typo in a hand-written config: without this check it would leave
     the real key at its default (no latency, no overhead, unbounded bandwidth) and say nothing."""
     for key in cfg:
@@ -104,7 +104,7 @@ class ModelSpec:
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> ModelSpec:
         where = f"model {cfg.get('name', '?')}"
-        _known_keys(cfg, MODEL_KEYS, where)
+        check_keys(cfg, MODEL_KEYS, where)
         fields = {k: _need(cfg, k, where) for k in (
             "name", "layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
             "params", "active_params", "attention")}
@@ -265,10 +265,10 @@ class HardwareSpec:
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> HardwareSpec:
         where = f"hardware {cfg.get('name', '?')}"
-        _known_keys(cfg, HARDWARE_KEYS, where)
+        check_keys(cfg, HARDWARE_KEYS, where)
         eff = _need(cfg, "efficiency", where)
         if isinstance(eff, Mapping):
-            _known_keys(eff, EFFICIENCY_KEYS, where + " efficiency")
+            check_keys(eff, EFFICIENCY_KEYS, where + " efficiency")
         try:
             by_dtype = {str(k): float(v) for k, v in (cfg.get("flops_by_dtype") or {}).items()}
             overhead = float(cfg.get("overhead_s") or 0.0)
@@ -360,9 +360,9 @@ TIER_KEYS = ("name", "capacity_bytes", "capacity_bytes_per_gpu", "read_bw", "wri
 
 def check_cache_keys(cache_cfg: Mapping[str, Any]) -> None:
     """The cache config and each of its tiers hold only keys something reads."""
-    _known_keys(cache_cfg, CACHE_KEYS, f"cache {cache_cfg.get('name', '?')}")
+    check_keys(cache_cfg, CACHE_KEYS, f"cache {cache_cfg.get('name', '?')}")
     for i, t in enumerate(cache_cfg.get("tiers") or ()):
-        _known_keys(t, TIER_KEYS, f"cache {cache_cfg.get('name', '?')} tier {t.get('name', i)}")
+        check_keys(t, TIER_KEYS, f"cache {cache_cfg.get('name', '?')} tier {t.get('name', i)}")
 
 
 def tiers_from_cfg(cache_cfg: Mapping[str, Any], model: ModelSpec, hw: HardwareSpec,

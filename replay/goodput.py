@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from engines.specs import ConfigError
+from engines.specs import ConfigError, check_keys
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Slo:
         """The ``slo:`` block, checked (None: no SLO configured)."""
         if not cfg:
             return None
+        check_keys(cfg, tuple(cls.__dataclass_fields__), "slo")
 
         def num(key: str, default: float | None) -> float | None:
             value = cfg.get(key, default)

@@ -48,7 +48,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
-from engines.specs import ConfigError
+from engines.specs import ConfigError, check_keys
 from replay.cost import SelfHostedPricing
 from replay.goodput import Slo, measured
 from replay.sweep import markdown
@@ -117,9 +117,7 @@ class Search:
     @classmethod
     def from_cfg(cls, cfg: Any) -> Search:
         cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"plan search: unknown key {sorted(unknown)[0]!r}")
+        check_keys(cfg, tuple(cls.__dataclass_fields__), "plan search")
         try:
             s = cls(**{k: (None if v is None else float(v)) for k, v in cfg.items()})
         except (TypeError, ValueError) as exc:
@@ -385,6 +383,11 @@ def search_candidate(name: str, overrides: list[str], plan_base: list[str], pool
 
 
 # -- the plan --------------------------------------------------------------------------------
+PLAN_KEYS = ("workload", "slo", "search", "base", "grid", "candidates")
+WORKLOAD_KEYS = ("overrides", "pool_sessions", "path")
+CANDIDATE_KEYS = ("name", "overrides")
+
+
 def plan_slo(plan: DictConfig, search: Search) -> tuple[Slo, list[str]]:
     """The SLO every probe is judged by, and the overrides that set it in the replay config."""
     items = dict(OmegaConf.to_container(plan.get("slo") or {}, resolve=True))
@@ -410,6 +413,10 @@ def prepare(plan: DictConfig, out: Path, extra: Iterable[str] = ()) -> Prepared:
     """Check the plan (a bad override fails now, not after other candidates ran) and build the
     session pool."""
     out.mkdir(parents=True, exist_ok=True)
+    check_keys(plan, PLAN_KEYS, "plan")  # a plan file is not checked by Hydra: a typo would be ignored
+    check_keys(plan.get("workload") or {}, WORKLOAD_KEYS, "plan workload")
+    for c in plan.get("candidates") or []:
+        check_keys(c, CANDIDATE_KEYS, "plan candidate")
     search = Search.from_cfg(plan.get("search"))
     slo, slo_overrides = plan_slo(plan, search)
     base = [*[str(o) for o in plan.get("base") or []], *slo_overrides, *extra]

@@ -203,6 +203,24 @@ def test_bad_search_is_one_line(bad):
         Search.from_cfg(bad)
 
 
+def test_a_misspelt_slo_key_is_one_line():
+    with pytest.raises(ConfigError, match="slo: unknown key 'ttft' \\(known: ttft_s, tpot_s, "):
+        Slo.from_cfg({"ttft": 2.0, "tpot_s": 0.05})  # before: no TTFT target, silently
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("candidate", [{"name": "a", "overrides": []}], "plan: unknown key 'candidate'"),
+    ("workload.pool_session", 50, "plan workload: unknown key 'pool_session'"),
+    ("candidates", [{"name": "a", "override": ["instances=2"]}], "plan candidate: unknown key 'override'"),
+])
+def test_a_misspelt_plan_key_is_one_line(single_calls, tmp_path, key, value, message):
+    # a plan file is not checked by Hydra: each of these was ignored, and the search ran without it
+    plan = hand_plan(single_calls)
+    OmegaConf.update(plan, key, value, force_add=True)
+    with pytest.raises(ConfigError, match=message):
+        prepare(plan, tmp_path / "plan")
+
+
 def test_a_pd_candidate_is_sized_by_both_pools(single_calls, tmp_path):
     """deployment=pd on SIMPLE: one prefill GPU limits the deployment at mu sessions/s (the
     decode GPU only moves and samples), over 2 GPUs; a session costs both GPUs for 1 / rate."""
