@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from engines.specs import ConfigError
+from engines.specs import ConfigError, check_keys
 
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "conf" / "hardware"
 MODES = ("colocated", "pd")
@@ -73,11 +73,13 @@ def pools(cfg: DictConfig) -> list[Pool]:
     if mode(cfg) == "colocated":
         return [_pool(cfg, "all", None, cfg.parallel.tp, cfg.instances, None)]
     dep = cfg.deployment
+    check_keys(dep, ("mode", "prefill", "decode", "link"), "deployment")
     out = []
     for name in ("prefill", "decode"):
         p = dep.get(name)
         if p is None:
             raise ConfigError(f"deployment.{name} is missing")
+        check_keys(p, ("hardware", "tp", "count", "gpu_hour_usd"), f"deployment.{name}")
         out.append(_pool(cfg, name, p.get("hardware"), p.get("tp", cfg.parallel.tp), p.get("count", 1),
                          p.get("gpu_hour_usd")))
     return out

@@ -224,6 +224,10 @@ def test_joblib_sweep_writes_one_comparison_table(tmp_path):
       "engine.eviction_params.ttl_s=null"], "eviction policy ttl_pin needs engine.eviction_params.ttl_s"),
     (["trace.sessions=2", "engine=torch", "model=tiny", "hardware=cpu", "parallel.tp=1",
       "+cache.evict=ttl_pin"], "cache hbm_dram: unknown key 'evict' (known: name, "),
+    (["trace.sessions=2", "engine=offload", "deployment=pd", "+deployment.decode.gpus=2"],
+     "deployment.decode: unknown key 'gpus' (known: hardware, tp, count, gpu_hour_usd)"),
+    (["trace.sessions=2", "engine=offload", "deployment=pd", "+deployment.link.latency=1"],
+     "deployment.link: unknown key 'latency' (known: nic_bw, efficiency, latency_s, layerwise_overlap)"),
     (["trace.sessions=2", "cache.tiers.1.name=cxl"],  # an unpriced tier would be stored for free
      "cache tier 'cxl' has no price: set pricing.self_hosted.storage_usd_per_tb_month.cxl"),
     (["trace.sessions=2", "engine=offload", "cache.tiers.1.name=cxl"],

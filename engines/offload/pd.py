@@ -33,7 +33,7 @@ import numpy as np
 
 from engines.base import Completion, Request
 from engines.offload.engine import OffloadEngine
-from engines.specs import ConfigError, ModelSpec
+from engines.specs import ConfigError, ModelSpec, check_keys
 
 EXTRA_COLUMNS = (
     ("prefill_instance", "int32"), ("decode_instance", "int32"),
@@ -58,6 +58,7 @@ class Link:
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> Link:
+        check_keys(cfg, ("nic_bw", "efficiency", "latency_s", "layerwise_overlap"), "deployment.link")
         try:
             link = cls(float(cfg["nic_bw"]), float(cfg.get("efficiency", 1.0)),
                        float(cfg.get("latency_s", 0.0)), bool(cfg.get("layerwise_overlap", False)))
