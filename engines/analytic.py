@@ -84,7 +84,7 @@ class AnalyticEngine:
         capacities = [t.capacity_bytes / d.block_bytes for t in self.tiers]
         policy = str(cache.get("eviction", "lru"))
         headroom = float(cache.get("eviction_headroom", 0.0))
-        self.caches = [BlockCache(capacities, self.tier_names, policy, dict(eviction_params or {}),
+        self.caches = [BlockCache(capacities, self.tier_names, policy, eviction_params,
                                   headroom=headroom, reuse=bool(prefix_reuse)) for _ in range(d.instances)]
         self.router = Router(router, d.instances)
         self._running: list[set[_Running]] = [set() for _ in range(d.instances)]

@@ -149,7 +149,7 @@ class BlockCache:
     """
 
     def __init__(self, capacities: Sequence[float], names: Sequence[str] | None = None,
-                 policy: str = "lru", policy_params: dict[str, float] | None = None,
+                 policy: str = "lru", policy_params: Mapping[str, Any] | None = None,
                  admit_min_uses: int = 0, inclusive: bool = False,
                  on_drop: Callable[[np.ndarray, float], None] | None = None,
                  on_move: Callable[[np.ndarray, int | None, int | None], None] | None = None,

@@ -98,7 +98,7 @@ class OffloadEngine:
         self._pending_writes: list[dict[tuple[int, int], int]] = []
         for i in range(n):
             cache_i = BlockCache(capacities, [t.name for t in self.local_tiers], policy,
-                                 dict(eviction_params or {}), admit_min_uses, inclusive,
+                                 eviction_params, admit_min_uses, inclusive,
                                  on_drop=(lambda hashes, now, i=i: self._to_shared(i, hashes, now))
                                  if self.shared_cache else None,
                                  headroom=headroom, reuse=self.prefix_reuse,

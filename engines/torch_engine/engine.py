@@ -139,7 +139,7 @@ class TorchEngine:
         capacities = [int(pool_blocks)] + [int(b) for b in (cpu_blocks, disk_blocks) if b]
         names = ["hbm", "cpu", "disk"][: len(capacities)]
         self.cache = BlockCache(capacities, names, str(cache.get("eviction", "lru")),
-                                dict(eviction_params or {}), on_move=self.kv.move,
+                                eviction_params, on_move=self.kv.move,
                                 headroom=float(cache.get("eviction_headroom", 0.0)))
         self.tier_names = names
         self.max_batched_tokens = int(max_batched_tokens)
